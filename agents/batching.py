@@ -1,0 +1,34 @@
+"""The consume loop every agent shares: take a batch, hand it off, then ack.
+
+`noack_take` leaves acknowledgement to us: a message is acked only after its
+batch went through `BatchPipeline.process` (persisted and projected), so a
+worker stopped or killed mid-batch never lets Faust commit past it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.pipeline import BatchPipeline, RawMessage
+
+log = logging.getLogger(__name__)
+
+
+def raw_message(event: Any) -> RawMessage:
+    message = event.message
+    return RawMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+    )
+
+
+async def consume(stream: Any, pipeline: BatchPipeline, max_events: int, within_s: float) -> None:
+    async for events in stream.noack_take(max_events, within=within_s):
+        outcome = await pipeline.process([raw_message(e) for e in events])
+        for event in events:
+            await stream.ack(event)
+        log.debug("batch done: %s", outcome)

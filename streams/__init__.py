@@ -1,0 +1,1 @@
+"""rpcache stream processing: the Faust app, reducers, sinks, CLI and stack."""

@@ -1,0 +1,104 @@
+"""The Faust app, its topics and its timers.
+
+Run it with `rpcache worker` or `faust -A streams.app worker -l info`.
+Values are consumed raw (bytes): decoding is ours, so that bad input becomes a
+dead letter instead of a Faust deserialisation crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from schemas.keys import (
+    DEAD_LETTER_TOPIC,
+    INFERENCE_TOPIC,
+    SESSION_TOPIC,
+    SYNTHESIS_TOPIC,
+    topic_name,
+)
+from streams.runtime import Runtime
+from streams.settings import get_settings
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Broker `message.max.bytes` of the stack and docker-compose."""
+
+
+class RpcacheApp(faust.App):  # type: ignore[misc]
+    """Faust app that opens rpcache's connections before the agents start."""
+
+    runtime: Runtime
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        self.runtime = await Runtime.start(settings, self._publish)
+        log.info("rpcache worker configured: %s", settings.redacted())
+
+    async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await self.producer.send_and_wait(
+            topic, key, value, partition=None, timestamp=None, headers=None
+        )
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            await runtime.close()
+
+
+app = RpcacheApp(
+    settings.app_id,
+    broker=[f"kafka://{server}" for server in settings.kafka_servers],
+    store="memory://",
+    key_serializer="raw",
+    value_serializer="raw",
+    topic_partitions=settings.topic_partitions,
+    topic_allow_declare=True,
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    producer_max_request_size=MAX_MESSAGE_BYTES,
+    consumer_max_fetch_size=MAX_MESSAGE_BYTES,
+    broker_commit_interval=1.0,
+    web_enabled=settings.worker_web_enabled,
+    web_port=settings.worker_web_port,
+    web_bind=settings.worker_web_bind,
+    web_in_thread=False,
+)
+
+
+def _raw_topic(suffix: str) -> Any:
+    return app.topic(
+        topic_name(settings.topic_prefix, suffix),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+session_topic = _raw_topic(SESSION_TOPIC)
+inference_topic = _raw_topic(INFERENCE_TOPIC)
+synthesis_topic = _raw_topic(SYNTHESIS_TOPIC)
+dead_letter_topic = _raw_topic(DEAD_LETTER_TOPIC)
+
+
+@app.timer(interval=settings.session_sweep_interval_s)
+async def sweep_idle_sessions() -> None:
+    """Expire sessions idle for 30 minutes: active_sessions falls, PostgreSQL records it."""
+    ops = await app.runtime.sweep_idle_sessions()
+    if ops:
+        log.info("idle sweep wrote %d Redis operations", ops)
+
+
+@app.timer(interval=30.0)
+async def flush_dead_letters() -> None:
+    """Publish dead letters a crash left in the PostgreSQL outbox."""
+    await app.runtime.sessions.flush_dead_letters()
+
+
+import agents  # noqa: E402,F401  (registers the agents on `app`)

@@ -1,0 +1,118 @@
+"""The session family: sessions, user state and the session fields of the stats.
+
+Inside the batch transaction: lock the rows the batch touches, reduce the new
+events (pure), save the changed rows and counters, then read back everything
+needed to project absolute Redis values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from schemas.events import SessionEvent, SessionScoped
+from schemas.keys import SESSION_TOPIC, SESSION_TTL
+from streams.families.base import FamilyResult
+from streams.projections import RedisOp, project_session, project_stats, project_user
+from streams.reducers.sessions import (
+    SESSIONS_STARTED,
+    SessionChanges,
+    business_day,
+    expire_idle,
+    reduce_session_events,
+)
+from streams.sinks import postgres as pg
+from streams.sinks.postgres import Connection, StoredEvent
+from streams.state import SessionState, UserState
+
+
+class SessionFamily:
+    topic_suffix = SESSION_TOPIC
+
+    def __init__(self, tz: ZoneInfo, quota: int) -> None:
+        self.tz = tz
+        self.quota = quota
+
+    async def apply(
+        self, conn: Connection, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
+    ) -> FamilyResult:
+        events: list[SessionEvent] = [s.event for s in batch]  # type: ignore[misc]
+        session_ids = {e.session_id for e in events if isinstance(e, SessionScoped)}
+        user_ids = {e.user_id for e in events}
+        sessions = await pg.lock_sessions(conn, session_ids)
+        users = await pg.lock_users(conn, user_ids)
+        new_events: list[SessionEvent] = [s.event for s in new]  # type: ignore[misc]
+        changes = reduce_session_events(new_events, sessions, users, self.tz)
+        await self._save(conn, changes)
+        by_id = {s.event.event_id: s for s in new}
+        result = FamilyResult(
+            rejections=[(by_id[e.event_id], r) for e, r in changes.rejections],
+        )
+        result.redis_ops = await self.project(
+            conn,
+            [changes.sessions[s] for s in session_ids if s in changes.sessions],
+            [changes.users[u] for u in user_ids],
+            {day for day, _ in changes.day_counters},
+            now,
+        )
+        return result
+
+    async def sweep(self, conn: Connection, now: datetime, limit: int = 1000) -> list[RedisOp]:
+        """Expire sessions idle for SESSION_TTL; return the Redis writes to make."""
+        idle = await pg.lock_idle_sessions(conn, now - SESSION_TTL, limit)
+        users = await pg.lock_users(conn, {s.user_id for s in idle.values()})
+        changes = expire_idle(idle, users, now)
+        await self._save(conn, changes)
+        return await self.project(
+            conn,
+            list(changes.sessions.values()),
+            [changes.users[u] for u in changes.dirty_users],
+            set(),
+            now,
+        )
+
+    async def project(
+        self,
+        conn: Connection,
+        sessions: Iterable[SessionState],
+        users: Iterable[UserState],
+        days: set[date],
+        now: datetime,
+    ) -> list[RedisOp]:
+        """Absolute Redis values for these rows and the stats of `days` and today."""
+        ops: list[RedisOp] = [project_session(s, now) for s in sessions]
+        user_list = list(users)
+        user_days = {(u.user_id, business_day(u.last_seen, self.tz)) for u in user_list}
+        started = await pg.user_day_started(conn, user_days)
+        for user in user_list:
+            count = started.get((user.user_id, business_day(user.last_seen, self.tz)), 0)
+            ops.append(project_user(user, count, self.quota, now))
+        ops.extend(await self.project_stats(conn, days, now))
+        return ops
+
+    async def project_stats(self, conn: Connection, days: set[date], now: datetime) -> list[
+        RedisOp
+    ]:
+        """Session fields of `stats:realtime:{day}`; active_sessions goes to today."""
+        today = business_day(now, self.tz)
+        wanted = days | {today}
+        counters = await pg.day_counters(conn, wanted)
+        active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
+        written = await pg.touch_stats_days(conn, wanted)
+        ops: list[RedisOp] = []
+        for day in sorted(wanted):
+            fields: dict[str, int | float] = {
+                "total_sessions_today": counters[day].get(SESSIONS_STARTED, 0)
+            }
+            if day == today:
+                fields["active_sessions"] = active
+            ops.append(project_stats(day, fields, written[day], now))
+        return ops
+
+    @staticmethod
+    async def _save(conn: Connection, changes: SessionChanges) -> None:
+        await pg.save_sessions(conn, [changes.sessions[s] for s in sorted(changes.dirty_sessions)])
+        await pg.save_users(conn, [changes.users[u] for u in sorted(changes.dirty_users)])
+        await pg.add_user_day_started(conn, changes.user_day_started)
+        await pg.add_day_counters(conn, changes.day_counters)

@@ -1,0 +1,274 @@
+"""The write path of one batch: decode, persist, project, then let Kafka commit.
+
+`BatchPipeline.process` runs the steps in this order, and the order is the
+exactly-once argument:
+
+1. Decode every message; bad ones become dead-letter rows.
+2. One PostgreSQL transaction: dead letters, events (`ON CONFLICT DO
+   NOTHING`, so a redelivered event is not new), state changes of the new
+   events, counters, and the consumed positions. All or nothing.
+3. Redis: absolute values computed from the committed state, one pipeline.
+   A crash between 2 and 3 is repaired by the redelivery, which re-projects
+   every entity of the batch even though none of its events is new.
+4. Publish the batch's dead letters from the PostgreSQL outbox.
+5. Return; only then does the agent acknowledge the messages, and Faust
+   commits the Kafka offsets after that.
+
+Transient failures in any step are retried with backoff; the batch never
+moves on without them. A batch that fails for any other reason is split, and
+an event that still fails on its own is dead-lettered as `processing_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from redis.asyncio import Redis
+
+from schemas.events import Event, RejectReason, Rejection, decode_event
+from streams import deadletters
+from streams.errors import is_transient
+from streams.families.base import Family
+from streams.projections import RedisOp
+from streams.retry import until_done
+from streams.sinks import postgres as pg
+from streams.sinks import redis as redis_sink
+from streams.sinks.postgres import DeadLetterRow, StoredEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A Kafka message as the agents hand it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did, for logs, metrics and tests."""
+
+    messages: int = 0
+    accepted: int = 0
+    new: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    redis_ops: int = 0
+    retries: int = 0
+    split: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Persisted:
+    redis_ops: list[RedisOp]
+    dead_letters: list[DeadLetterRow]
+    new: int
+    duplicates: int
+
+
+class BatchPipeline:
+    """Runs batches of one topic family through the steps above."""
+
+    def __init__(
+        self,
+        *,
+        family: Family,
+        topic_prefix: str,
+        consumer_group: str,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        publish: deadletters.Publish,
+        dead_letter_topic: str,
+        max_event_bytes: int,
+        max_backoff_s: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.family = family
+        self.topic_prefix = topic_prefix
+        self.group = consumer_group
+        self.pool = pool
+        self.redis = redis
+        self.publish = publish
+        self.dead_letter_topic = dead_letter_topic
+        self.max_event_bytes = max_event_bytes
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        outcome = BatchOutcome(messages=len(messages))
+        if not messages:
+            return outcome
+        try:
+            await self._run(messages, outcome)
+        except Exception as exc:
+            if len(messages) == 1:
+                await self._dead_letter_failure(messages[0], exc, outcome)
+            else:
+                log.exception("batch of %d failed; retrying event by event", len(messages))
+                outcome.split = True
+                for message in messages:
+                    sub = await self.process([message])
+                    outcome.accepted += sub.accepted
+                    outcome.new += sub.new
+                    outcome.duplicates += sub.duplicates
+                    outcome.dead_letters += sub.dead_letters
+                    outcome.redis_ops += sub.redis_ops
+                    outcome.retries += sub.retries
+        return outcome
+
+    async def _run(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> None:
+        # 1. decode
+        stored, rejected = self._decode(messages)
+        outcome.accepted = len(stored)
+
+        def count_retry() -> None:
+            outcome.retries += 1
+
+        # 2. persist (one transaction)
+        persisted = await until_done(
+            lambda: self._persist(messages, stored, rejected),
+            max_backoff_s=self.max_backoff_s,
+            on_retry=count_retry,
+        )
+        outcome.new, outcome.duplicates = persisted.new, persisted.duplicates
+        outcome.dead_letters = len(persisted.dead_letters)
+        outcome.reasons = [d.reason for d in persisted.dead_letters]
+        # 3. project
+        outcome.redis_ops = len(persisted.redis_ops)
+        await self._project(persisted.redis_ops, count_retry)
+        # 4. publish dead letters
+        if persisted.dead_letters:
+            await until_done(
+                self.flush_dead_letters, max_backoff_s=self.max_backoff_s, on_retry=count_retry
+            )
+        # 5. the caller acknowledges; Faust commits the offsets afterwards
+
+    def _decode(
+        self, messages: Sequence[RawMessage]
+    ) -> tuple[list[StoredEvent], list[DeadLetterRow]]:
+        stored: list[StoredEvent] = []
+        rejected: list[DeadLetterRow] = []
+        for m in messages:
+            suffix = m.topic.removeprefix(self.topic_prefix)
+            result = decode_event(m.value, topic=suffix, max_bytes=self.max_event_bytes)
+            if isinstance(result, Rejection):
+                rejected.append(self._row(m, result))
+            else:
+                stored.append(StoredEvent(result, m.topic, m.partition, m.offset))
+        return stored, rejected
+
+    async def _persist(
+        self,
+        messages: Sequence[RawMessage],
+        stored: list[StoredEvent],
+        rejected: list[DeadLetterRow],
+    ) -> _Persisted:
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            first, repeats = _first_of_each(stored)
+            new_ids = await pg.insert_events(conn, first)
+            new = [s for s in first if s.event.event_id in new_ids]
+            dead = list(rejected)
+            dead += await self._conflicts(conn, [s for s in first if s not in new] + repeats)
+            result = await self.family.apply(conn, new, stored, now)
+            dead += [self._row_for(s, r) for s, r in result.rejections]
+            await pg.insert_dead_letters(conn, dead)
+            await pg.record_positions(conn, self.group, _positions(messages))
+        return _Persisted(result.redis_ops, dead, len(new), len(stored) - len(new))
+
+    async def _conflicts(self, conn: pg.Connection, seen: list[StoredEvent]) -> list[DeadLetterRow]:
+        """A known event_id with different content: the first one wins."""
+        if not seen:
+            return []
+        shas = await pg.stored_payload_shas(conn, {s.event.event_id for s in seen})
+        return [
+            self._row_for(
+                s,
+                Rejection(
+                    RejectReason.DUPLICATE_EVENT_CONFLICT,
+                    "event_id already stored with different content; the first one stands",
+                    s.event.event_id,
+                ),
+            )
+            for s in seen
+            if shas.get(s.event.event_id, pg.payload_sha(s.payload)) != pg.payload_sha(s.payload)
+        ]
+
+    async def _project(self, ops: list[RedisOp], count_retry: Callable[[], None]) -> None:
+        try:
+            await until_done(
+                lambda: redis_sink.write(self.redis, ops),
+                max_backoff_s=self.max_backoff_s,
+                on_retry=count_retry,
+            )
+        except Exception:
+            # PostgreSQL already holds the truth; `rpcache replay` rebuilds it.
+            log.exception("Redis rejected a projection (not retriable); PostgreSQL is intact")
+
+    async def flush_dead_letters(self) -> int:
+        return await deadletters.flush(self.pool, self.publish, self.dead_letter_topic)
+
+    async def _dead_letter_failure(
+        self, message: RawMessage, exc: Exception, outcome: BatchOutcome
+    ) -> None:
+        """The event fails on its own for a reason retrying cannot fix."""
+        if is_transient(exc):  # pragma: no cover - until_done never gives up on these
+            raise exc
+        log.error("event at %s[%d]@%d cannot be processed: %r",
+                  message.topic, message.partition, message.offset, exc)
+        row = self._row(message, Rejection(RejectReason.PROCESSING_ERROR, repr(exc)[:1000]))
+
+        async def persist() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await pg.insert_dead_letters(conn, [row])
+                await pg.record_positions(conn, self.group, _positions([message]))
+
+        await until_done(persist, max_backoff_s=self.max_backoff_s)
+        await until_done(self.flush_dead_letters, max_backoff_s=self.max_backoff_s)
+        outcome.dead_letters += 1
+        outcome.reasons.append(row.reason)
+
+    def _row(self, m: RawMessage, rejection: Rejection) -> DeadLetterRow:
+        return deadletters.dead_letter_row(
+            rejection, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key,
+            original=m.value,
+        )
+
+    def _row_for(self, s: StoredEvent, rejection: Rejection) -> DeadLetterRow:
+        return deadletters.dead_letter_row(
+            rejection, topic=s.topic, partition=s.partition, offset=s.offset,
+            key=s.event.user_id.encode(), original=s.payload,
+        )
+
+
+def _first_of_each(stored: list[StoredEvent]) -> tuple[list[StoredEvent], list[StoredEvent]]:
+    """Split a batch into first occurrences and in-batch repeats of an event_id."""
+    seen: set[str] = set()
+    first: list[StoredEvent] = []
+    repeats: list[StoredEvent] = []
+    for s in stored:
+        (repeats if s.event.event_id in seen else first).append(s)
+        seen.add(s.event.event_id)
+    return first, repeats
+
+
+def _positions(messages: Sequence[RawMessage]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        out[key] = max(out.get(key, -1), m.offset)
+    return out
+
+
+def events_of(stored: Sequence[StoredEvent]) -> list[Event]:
+    return [s.event for s in stored]

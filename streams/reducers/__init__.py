@@ -1,0 +1,1 @@
+"""Pure reducers: events and current state in, new state and counters out."""

@@ -1,0 +1,120 @@
+"""Connections and pipelines of one worker process, opened once on start.
+
+The agents find everything they need here (`app.runtime`): the PostgreSQL
+pool, the Redis client and one `BatchPipeline` per topic family.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from redis.asyncio import Redis
+
+from schemas.keys import (
+    DEAD_LETTER_TOPIC,
+    INFERENCE_TOPIC,
+    SYNTHESIS_TOPIC,
+    topic_name,
+)
+from streams import deadletters
+from streams.families.base import StoreOnly
+from streams.families.sessions import SessionFamily
+from streams.migrate import migrate
+from streams.pipeline import BatchPipeline
+from streams.retry import until_done
+from streams.settings import Settings
+from streams.sinks import redis as redis_sink
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """A pool to DATABASE_URL, waiting for PostgreSQL, with the schema migrated."""
+
+    async def connect() -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=1,
+            max_size=settings.pg_pool_size,
+            command_timeout=60,
+        )
+        assert pool is not None
+        return pool
+
+    pool = await until_done(connect, max_backoff_s=settings.retry_max_backoff_s)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool
+
+
+def open_redis(settings: Settings) -> Redis:
+    return Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    sessions_family: SessionFamily
+    sessions: BatchPipeline
+    inference: BatchPipeline
+    synthesis: BatchPipeline
+
+    @classmethod
+    async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:
+        await ensure_topics(settings)
+        pool = await open_pool(settings)
+        redis = open_redis(settings)
+        family = SessionFamily(settings.tz, settings.daily_session_quota)
+
+        def pipeline(fam: SessionFamily | StoreOnly) -> BatchPipeline:
+            return BatchPipeline(
+                family=fam,
+                topic_prefix=settings.topic_prefix,
+                consumer_group=settings.app_id,
+                pool=pool,
+                redis=redis,
+                publish=publish,
+                dead_letter_topic=topic_name(settings.topic_prefix, DEAD_LETTER_TOPIC),
+                max_event_bytes=settings.max_event_bytes,
+                max_backoff_s=settings.retry_max_backoff_s,
+            )
+
+        return cls(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            sessions_family=family,
+            sessions=pipeline(family),
+            inference=pipeline(StoreOnly(INFERENCE_TOPIC)),
+            synthesis=pipeline(StoreOnly(SYNTHESIS_TOPIC)),
+        )
+
+    async def sweep_idle_sessions(self) -> int:
+        """Expire idle sessions in PostgreSQL and Redis; return how many ops ran."""
+        now = datetime.now(UTC)
+
+        async def persist() -> list[redis_sink.RedisOp]:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self.sessions_family.sweep(conn, now)
+
+        ops = await until_done(persist, max_backoff_s=self.settings.retry_max_backoff_s)
+        await until_done(
+            lambda: redis_sink.write(self.redis, ops),
+            max_backoff_s=self.settings.retry_max_backoff_s,
+        )
+        return len(ops)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.pool.close()

@@ -1,0 +1,85 @@
+"""One settings object, read once from the environment.
+
+Every field is an environment variable of the same name in upper case (see the
+README's configuration table). URLs that may carry passwords are `SecretStr`,
+so they never show up in a repr, a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """rpcache configuration; build it with `get_settings()`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    # --- SPEC §1 -----------------------------------------------------------
+    kafka_bootstrap_servers: str = "localhost:9092"
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_replica_url: SecretStr | None = None
+    database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/rpcache")
+    topic_prefix: str = "roleplay."
+    business_tz: str = "UTC"
+    daily_session_quota: int = Field(50, ge=0)
+
+    # --- pipeline ----------------------------------------------------------
+    app_id: str = "rpcache"
+    topic_partitions: int = Field(4, ge=1)
+    max_event_bytes: int = Field(1_048_576, ge=1024)
+    batch_max_events: int = Field(1000, ge=1)
+    batch_within_ms: int = Field(50, ge=1)
+    session_sweep_interval_s: float = Field(10.0, gt=0)
+    retry_max_backoff_s: float = Field(5.0, gt=0)
+    pg_pool_size: int = Field(4, ge=1)
+
+    # --- worker web server (Faust's own) -----------------------------------
+    worker_web_enabled: bool = True
+    worker_web_port: int = 6066
+    worker_web_bind: str = "127.0.0.1"
+
+    # --- local stack (`rpcache stack`) -------------------------------------
+    stack_dir: str = ".cache/stack"
+
+    @field_validator("business_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The business time zone: "today" for daily counters and stats keys."""
+        return ZoneInfo(self.business_tz)
+
+    @property
+    def kafka_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    def redacted(self) -> dict[str, object]:
+        """Settings safe to log: URLs without their passwords."""
+        out = self.model_dump()
+        for name in ("redis_url", "redis_replica_url", "database_url"):
+            value = getattr(self, name)
+            out[name] = _without_password(value.get_secret_value()) if value else None
+        return out
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Thin sinks that execute what the reducers and projections decided."""

@@ -1,0 +1,76 @@
+"""Projections: the absolute Redis value and expiry of each key."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from schemas.keys import epoch_ms
+from streams.projections import Delete, HashWrite, project_session, project_stats, project_user
+from streams.state import SessionState, UserState
+
+T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
+SID = "550e8400-e29b-41d4-a716-446655440000"
+
+
+def session(**kw: object) -> SessionState:
+    base: dict[str, object] = dict(
+        session_id=SID, user_id="u1", status="active", speaker_id=6, scenario_id=None,
+        conversation_context={"scene": "cafe"}, performance_stats=None, started_at=T0,
+        business_day=date(2025, 1, 30), last_activity=T0 + timedelta(minutes=5),
+    )
+    base.update(kw)
+    return SessionState(**base)  # type: ignore[arg-type]
+
+
+def test_open_session_hash_and_expiry() -> None:
+    op = project_session(session(), now=T0 + timedelta(minutes=6))
+    assert op == HashWrite(
+        f"session:{SID}",
+        {
+            "user_id": "u1",
+            "status": "active",
+            "speaker_id": "6",
+            "conversation_context": '{"scene":"cafe"}',
+            "last_activity": "2025-01-30T10:05:00Z",
+            "performance_stats": "{}",
+        },
+        epoch_ms(T0 + timedelta(minutes=35)),
+    )
+
+
+def test_closed_or_idle_session_is_deleted() -> None:
+    assert project_session(session(status="ended"), T0) == Delete(f"session:{SID}")
+    assert project_session(session(status="expired"), T0) == Delete(f"session:{SID}")
+    assert project_session(session(), T0 + timedelta(minutes=35)) == Delete(f"session:{SID}")
+
+
+def test_user_state_fields_quota_and_ttl() -> None:
+    user = UserState("u1", SID, T0, {"lang": "ja"}, last_seen=T0 + timedelta(minutes=10))
+    op = project_user(user, sessions_today=3, quota=50, now=T0)
+    assert op == HashWrite(
+        "user:u1:state",
+        {
+            "current_session_id": SID,
+            "last_login": "2025-01-30T10:00:00Z",
+            "preferences": '{"lang":"ja"}',
+            "daily_session_count": "3",
+            "remaining_sessions": "47",
+        },
+        epoch_ms(T0 + timedelta(minutes=70)),
+    )
+
+
+def test_remaining_sessions_never_negative_and_empty_fields() -> None:
+    user = UserState("u1", None, None, None, last_seen=T0)
+    op = project_user(user, sessions_today=60, quota=50, now=T0)
+    assert isinstance(op, HashWrite)
+    assert op.fields["remaining_sessions"] == "0"
+    assert op.fields["current_session_id"] == "" and op.fields["last_login"] == ""
+
+
+def test_stats_ttl_is_24h_after_the_write() -> None:
+    op = project_stats(date(2025, 1, 30), {"active_sessions": 2, "total_sessions_today": 5},
+                       written_at=T0, now=T0)
+    assert op == HashWrite("stats:realtime:2025-01-30",
+                           {"active_sessions": "2", "total_sessions_today": "5"},
+                           epoch_ms(T0 + timedelta(hours=24)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.batching import consume
-from streams.app import app, settings, inference_topic
+from streams.app import app, inference_topic, settings
 
 
 @app.agent(inference_topic, name="inference")

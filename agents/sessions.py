@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.batching import consume
-from streams.app import app, settings, session_topic
+from streams.app import app, session_topic, settings
 
 
 @app.agent(session_topic, name="sessions")

@@ -65,7 +65,7 @@ def _rfc3339(value: object) -> datetime:
         head, _, tail = text.partition(".")
         digits = re.match(r"\d+", tail)
         assert digits is not None
-        text = f"{head}.{digits.group()[:6]}{tail[digits.end():]}"
+        text = f"{head}.{digits.group()[:6]}{tail[digits.end() :]}"
     try:
         return datetime.fromisoformat(text.replace("z", "Z")).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
@@ -187,7 +187,7 @@ SynthesisEvent = VoiceSynthesized | VoiceFailed
 Event = SessionEvent | InferenceEvent | SynthesisEvent
 
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(
-    Annotated[Event, Field(discriminator="type")]  # type: ignore[arg-type]
+    Annotated[Event, Field(discriminator="type")]
 )
 
 TOPIC_OF_TYPE: Final[dict[str, str]] = {

@@ -29,7 +29,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Broker `message.max.bytes` of the stack and docker-compose."""
 
 
-class RpcacheApp(faust.App):  # type: ignore[misc]
+class RpcacheApp(faust.App):
     """Faust app that opens rpcache's connections before the agents start."""
 
     runtime: Runtime
@@ -64,6 +64,9 @@ app = RpcacheApp(
     producer_max_request_size=MAX_MESSAGE_BYTES,
     consumer_max_fetch_size=MAX_MESSAGE_BYTES,
     broker_commit_interval=1.0,
+    broker_session_timeout=settings.kafka_session_timeout_s,
+    broker_heartbeat_interval=settings.kafka_session_timeout_s / 5,
+    broker_rebalance_timeout=settings.kafka_session_timeout_s * 2,
     web_enabled=settings.worker_web_enabled,
     web_port=settings.worker_web_port,
     web_bind=settings.worker_web_bind,

@@ -1,8 +1,8 @@
 """`rpcache`: the one command-line entry point (SPEC §7).
 
-    rpcache stack up        start Kafka, Redis and PostgreSQL on 127.0.0.1
-    rpcache worker          run the stream processor (Faust)
-    rpcache demo            simulated roleplay traffic end to end, with a summary
+rpcache stack up        start Kafka, Redis and PostgreSQL on 127.0.0.1
+rpcache worker          run the stream processor (Faust)
+rpcache demo            simulated roleplay traffic end to end, with a summary
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-cli.add_typer(stack_app, name="stack", help="Start, stop and show the local Kafka/Redis/PostgreSQL.")
+cli.add_typer(
+    stack_app, name="stack", help="Start, stop and show the local Kafka/Redis/PostgreSQL."
+)
 
 
 @cli.command()
@@ -32,9 +34,15 @@ def worker(
     Consumes the session, inference and synthesis topics, persists to
     PostgreSQL, projects to Redis. Stops cleanly on SIGTERM or Ctrl-C.
     """
-    from streams.app import app
+    from streams.app import app, settings
 
-    sys.argv = ["rpcache", "worker", "--loglevel", loglevel, "--without-uvloop"]
+    # Faust's own CLI flags override the app's settings, so pass ours through.
+    web = (
+        ["--web-port", str(settings.worker_web_port), "--web-bind", settings.worker_web_bind]
+        if settings.worker_web_enabled
+        else ["--without-web"]
+    )
+    sys.argv = ["rpcache", "worker", "--loglevel", loglevel, *web]
     app.main()
 
 

@@ -39,7 +39,11 @@ def dead_letter_row(
     original: bytes | None,
 ) -> DeadLetterRow:
     log.warning(
-        "dead letter %s at %s[%d]@%d: %s", rejection.reason, topic, partition, offset,
+        "dead letter %s at %s[%d]@%d: %s",
+        rejection.reason,
+        topic,
+        partition,
+        offset,
         rejection.detail,
     )
     return DeadLetterRow(

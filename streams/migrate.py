@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 
-import asyncpg
+from streams.sinks.postgres import Connection
 
 log = logging.getLogger(__name__)
 _LOCK_ID = 0x72706361  # "rpca"
@@ -18,11 +18,13 @@ _LOCK_ID = 0x72706361  # "rpca"
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) of every migration, sorted by name."""
     folder = resources.files("schemas") / "migrations"
-    files = sorted((p.name, p.read_text("utf-8")) for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted(
+        (p.name, p.read_text("utf-8")) for p in folder.iterdir() if p.name.endswith(".sql")
+    )
     return files
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:  # type: ignore[type-arg]
+async def migrate(conn: Connection) -> list[str]:
     """Apply pending migrations; return the names applied now."""
     applied_now: list[str] = []
     async with conn.transaction():

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 import asyncpg
 from redis.asyncio import Redis
 
-from schemas.events import Event, RejectReason, Rejection, decode_event
+from schemas.events import Rejection, RejectReason, decode_event
 from streams import deadletters
 from streams.errors import is_transient
 from streams.families.base import Family
@@ -164,7 +164,7 @@ class BatchPipeline:
             if isinstance(result, Rejection):
                 rejected.append(self._row(m, result))
             else:
-                stored.append(StoredEvent(result, m.topic, m.partition, m.offset))
+                stored.append(StoredEvent(result, m.topic, m.partition, m.offset, m.key, m.value))
         return stored, rejected
 
     async def _persist(
@@ -179,7 +179,8 @@ class BatchPipeline:
             new_ids = await pg.insert_events(conn, first)
             new = [s for s in first if s.event.event_id in new_ids]
             dead = list(rejected)
-            dead += await self._conflicts(conn, [s for s in first if s not in new] + repeats)
+            seen = [s for s in first if s.event.event_id not in new_ids]
+            dead += await self._conflicts(conn, seen + repeats)
             result = await self.family.apply(conn, new, stored, now)
             dead += [self._row_for(s, r) for s, r in result.rejections]
             await pg.insert_dead_letters(conn, dead)
@@ -224,8 +225,13 @@ class BatchPipeline:
         """The event fails on its own for a reason retrying cannot fix."""
         if is_transient(exc):  # pragma: no cover - until_done never gives up on these
             raise exc
-        log.error("event at %s[%d]@%d cannot be processed: %r",
-                  message.topic, message.partition, message.offset, exc)
+        log.error(
+            "event at %s[%d]@%d cannot be processed: %r",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc,
+        )
         row = self._row(message, Rejection(RejectReason.PROCESSING_ERROR, repr(exc)[:1000]))
 
         async def persist() -> None:
@@ -240,14 +246,22 @@ class BatchPipeline:
 
     def _row(self, m: RawMessage, rejection: Rejection) -> DeadLetterRow:
         return deadletters.dead_letter_row(
-            rejection, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key,
+            rejection,
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            key=m.key,
             original=m.value,
         )
 
     def _row_for(self, s: StoredEvent, rejection: Rejection) -> DeadLetterRow:
         return deadletters.dead_letter_row(
-            rejection, topic=s.topic, partition=s.partition, offset=s.offset,
-            key=s.event.user_id.encode(), original=s.payload,
+            rejection,
+            topic=s.topic,
+            partition=s.partition,
+            offset=s.offset,
+            key=s.key,
+            original=s.raw,
         )
 
 
@@ -268,7 +282,3 @@ def _positions(messages: Sequence[RawMessage]) -> dict[tuple[str, int], int]:
         key = (m.topic, m.partition)
         out[key] = max(out.get(key, -1), m.offset)
     return out
-
-
-def events_of(stored: Sequence[StoredEvent]) -> list[Event]:
-    return [s.event for s in stored]

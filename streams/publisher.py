@@ -100,9 +100,9 @@ class EventPublisher:
         await self._producer.flush()
 
     # --- typed helpers ------------------------------------------------------------
-    def _common(self, user_id: str, occurred_at: datetime | None, event_id: str | None) -> dict[
-        str, Any
-    ]:
+    def _common(
+        self, user_id: str, occurred_at: datetime | None, event_id: str | None
+    ) -> dict[str, Any]:
         return {
             "event_id": event_id or new_id(),
             "occurred_at": occurred_at or _now(),

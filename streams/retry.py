@@ -37,7 +37,10 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 async def until_done(
-    step: Callable[[], Awaitable[T]], *, max_backoff_s: float, on_retry: Callable[[], None] | None = None
+    step: Callable[[], Awaitable[T]],
+    *,
+    max_backoff_s: float,
+    on_retry: Callable[[], None] | None = None,
 ) -> T:
     """Run `step` until it succeeds; transient errors back off, others raise."""
 
@@ -53,4 +56,8 @@ async def until_done(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return await retrying(step)
+
+    async def attempt() -> T:  # tenacity awaits only real coroutine functions
+        return await step()
+
+    return await retrying(attempt)

@@ -24,6 +24,7 @@ from streams.families.base import StoreOnly
 from streams.families.sessions import SessionFamily
 from streams.migrate import migrate
 from streams.pipeline import BatchPipeline
+from streams.projections import RedisOp
 from streams.retry import until_done
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
@@ -104,7 +105,7 @@ class Runtime:
         """Expire idle sessions in PostgreSQL and Redis; return how many ops ran."""
         now = datetime.now(UTC)
 
-        async def persist() -> list[redis_sink.RedisOp]:
+        async def persist() -> list[RedisOp]:
             async with self.pool.acquire() as conn, conn.transaction():
                 return await self.sessions_family.sweep(conn, now)
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     session_sweep_interval_s: float = Field(10.0, gt=0)
     retry_max_backoff_s: float = Field(5.0, gt=0)
     pg_pool_size: int = Field(4, ge=1)
+    kafka_session_timeout_s: float = Field(10.0, ge=6)
+    """How soon a crashed worker's partitions go to another (broker minimum: 6 s)."""
 
     # --- worker web server (Faust's own) -----------------------------------
     worker_web_enabled: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -29,12 +30,10 @@ async def ensure_topics(settings: Settings) -> list[str]:
             existing = set(await admin.list_topics())
             missing = [t for t in all_topics(settings) if t not in existing]
             if missing:
-                try:
+                with suppress(TopicAlreadyExistsError):  # another worker won the race
                     await admin.create_topics(
                         [NewTopic(t, settings.topic_partitions, 1) for t in missing]
                     )
-                except TopicAlreadyExistsError:
-                    pass  # another worker won the race
                 log.info("created topics %s", missing)
             return missing
         finally:

@@ -91,9 +91,9 @@ class SessionFamily:
         ops.extend(await self.project_stats(conn, days, now))
         return ops
 
-    async def project_stats(self, conn: Connection, days: set[date], now: datetime) -> list[
-        RedisOp
-    ]:
+    async def project_stats(
+        self, conn: Connection, days: set[date], now: datetime
+    ) -> list[RedisOp]:
         """Session fields of `stats:realtime:{day}`; active_sessions goes to today."""
         today = business_day(now, self.tz)
         wanted = days | {today}

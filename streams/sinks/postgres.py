@@ -12,15 +12,17 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from schemas.events import Event
 from streams.state import SessionState, UserState
 
-Connection = asyncpg.Connection  # type: ignore[type-arg]
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A plain connection or one borrowed from a pool."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,9 @@ class StoredEvent:
     topic: str
     partition: int
     offset: int
+    key: bytes | None = None
+    raw: bytes | None = None
+    """The message as received, kept for a dead letter raised after decoding."""
 
     @property
     def payload(self) -> bytes:
@@ -203,9 +208,9 @@ async def lock_sessions(conn: Connection, session_ids: Iterable[str]) -> dict[st
     return {r[0]: _session(r) for r in rows}
 
 
-async def lock_idle_sessions(conn: Connection, idle_since: datetime, limit: int) -> dict[
-    str, SessionState
-]:
+async def lock_idle_sessions(
+    conn: Connection, idle_since: datetime, limit: int
+) -> dict[str, SessionState]:
     """Open sessions whose last activity is older than `idle_since`."""
     rows = await conn.fetch(
         f"SELECT {_SESSION_COLUMNS} FROM sessions"
@@ -296,9 +301,9 @@ async def add_user_day_started(conn: Connection, counts: Counter[tuple[str, date
     )
 
 
-async def user_day_started(conn: Connection, keys: Iterable[tuple[str, date]]) -> dict[
-    tuple[str, date], int
-]:
+async def user_day_started(
+    conn: Connection, keys: Iterable[tuple[str, date]]
+) -> dict[tuple[str, date], int]:
     pairs = list(set(keys))
     if not pairs:
         return {}

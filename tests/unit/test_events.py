@@ -11,8 +11,8 @@ import pytest
 
 from schemas.events import (
     AiResponse,
-    RejectReason,
     Rejection,
+    RejectReason,
     SessionStarted,
     UserLogin,
     VoiceSynthesized,
@@ -47,10 +47,16 @@ GOOD = [
     event(type="session.updated", status="paused", speaker_id=3, performance_stats={"a": 1}),
     event(type="session.activity"),
     event(type="session.ended", reason="user_left"),
-    event(type="ai.response", prompt="p", response="r", provider="groq", model="m",
-          latency_ms=12),
-    event(type="ai.response", prompt="", response="", provider="g", model="m",
-          latency_ms=0.5, cache_hit=True),
+    event(type="ai.response", prompt="p", response="r", provider="groq", model="m", latency_ms=12),
+    event(
+        type="ai.response",
+        prompt="",
+        response="",
+        provider="g",
+        model="m",
+        latency_ms=0.5,
+        cache_hit=True,
+    ),
     event(type="ai.failed", provider="g", model="m", error="timeout", latency_ms=3000),
     event(type="voice.synthesized", speaker_id=6, text="hi", audio="UklGRg==", latency_ms=80),
     event(type="voice.failed", speaker_id=6, text="hi", error="busy", latency_ms=1),
@@ -74,82 +80,199 @@ BAD: list[tuple[str, Any, RejectReason, str]] = [
     ("no type", event(), RejectReason.UNKNOWN_TYPE, "None"),
     ("unknown type", event(type="session.exploded"), RejectReason.UNKNOWN_TYPE, "exploded"),
     ("type not a string", event(type=7), RejectReason.UNKNOWN_TYPE, "7"),
-    ("missing event_id", event(type="user.login", event_id=...), RejectReason.INVALID_FIELDS,
-     "event_id: Field required"),
-    ("event_id not uuid", event(type="user.login", event_id="abc"), RejectReason.INVALID_FIELDS,
-     "event_id"),
-    ("missing occurred_at", event(type="user.login", occurred_at=...),
-     RejectReason.INVALID_FIELDS, "occurred_at"),
-    ("timestamp without offset", event(type="user.login", occurred_at="2025-01-30T10:30:00"),
-     RejectReason.INVALID_FIELDS, "offset"),
-    ("date only", event(type="user.login", occurred_at="2025-01-30"),
-     RejectReason.INVALID_FIELDS, "occurred_at"),
-    ("timestamp as number", event(type="user.login", occurred_at=1738232400),
-     RejectReason.INVALID_FIELDS, "occurred_at"),
-    ("impossible date", event(type="user.login", occurred_at="2025-02-30T10:30:00Z"),
-     RejectReason.INVALID_FIELDS, "occurred_at"),
-    ("missing user_id", event(type="user.login", user_id=...), RejectReason.INVALID_FIELDS,
-     "user_id"),
-    ("user_id with colon", event(type="user.login", user_id="a:b"),
-     RejectReason.INVALID_FIELDS, "user_id"),
-    ("user_id with braces", event(type="user.login", user_id="{a}"),
-     RejectReason.INVALID_FIELDS, "user_id"),
-    ("user_id with space", event(type="user.login", user_id="a b"),
-     RejectReason.INVALID_FIELDS, "user_id"),
-    ("user_id too long", event(type="user.login", user_id="a" * 129),
-     RejectReason.INVALID_FIELDS, "user_id"),
-    ("user_id empty", event(type="user.login", user_id=""), RejectReason.INVALID_FIELDS,
-     "user_id"),
-    ("user_id number", event(type="user.login", user_id=5), RejectReason.INVALID_FIELDS,
-     "user_id"),
-    ("session_id missing", event(type="session.activity", session_id=...),
-     RejectReason.INVALID_FIELDS, "session_id"),
-    ("session_id not uuid", event(type="session.activity", session_id="s1:x"),
-     RejectReason.INVALID_FIELDS, "session_id"),
-    ("speaker_id missing", event(type="session.started"), RejectReason.INVALID_FIELDS,
-     "speaker_id"),
-    ("speaker_id string", event(type="session.started", speaker_id="6"),
-     RejectReason.INVALID_FIELDS, "speaker_id"),
-    ("speaker_id negative", event(type="session.started", speaker_id=-1),
-     RejectReason.INVALID_FIELDS, "speaker_id"),
-    ("speaker_id bool", event(type="session.started", speaker_id=True),
-     RejectReason.INVALID_FIELDS, "speaker_id"),
-    ("speaker_id float", event(type="session.started", speaker_id=6.5),
-     RejectReason.INVALID_FIELDS, "speaker_id"),
-    ("context not object", event(type="session.started", speaker_id=1,
-                                 conversation_context="{}"), RejectReason.INVALID_FIELDS,
-     "conversation_context"),
-    ("scenario_id with colon", event(type="session.started", speaker_id=1, scenario_id="a:b"),
-     RejectReason.INVALID_FIELDS, "scenario_id"),
-    ("status unknown", event(type="session.updated", status="ended"),
-     RejectReason.INVALID_FIELDS, "status"),
-    ("preferences list", event(type="user.login", preferences=[1]),
-     RejectReason.INVALID_FIELDS, "preferences"),
-    ("reason number", event(type="session.ended", reason=3), RejectReason.INVALID_FIELDS,
-     "reason"),
-    ("latency negative", event(type="ai.response", prompt="p", response="r", provider="g",
-                               model="m", latency_ms=-1), RejectReason.INVALID_FIELDS,
-     "latency_ms"),
-    ("latency string", event(type="ai.failed", provider="g", model="m", error="e",
-                             latency_ms="5"), RejectReason.INVALID_FIELDS, "latency_ms"),
-    ("cache_hit string", event(type="ai.response", prompt="p", response="r", provider="g",
-                               model="m", latency_ms=1, cache_hit="yes"),
-     RejectReason.INVALID_FIELDS, "cache_hit"),
-    ("prompt missing", event(type="ai.response", response="r", provider="g", model="m",
-                             latency_ms=1), RejectReason.INVALID_FIELDS, "prompt"),
-    ("audio not base64", event(type="voice.synthesized", speaker_id=1, text="t",
-                               audio="not base64!", latency_ms=1),
-     RejectReason.INVALID_FIELDS, "audio"),
-    ("NUL in a string", event(type="user.login", preferences={"k": "a\x00b"}),
-     RejectReason.NUL_CHARACTER, "U+0000"),
+    (
+        "missing event_id",
+        event(type="user.login", event_id=...),
+        RejectReason.INVALID_FIELDS,
+        "event_id: Field required",
+    ),
+    (
+        "event_id not uuid",
+        event(type="user.login", event_id="abc"),
+        RejectReason.INVALID_FIELDS,
+        "event_id",
+    ),
+    (
+        "missing occurred_at",
+        event(type="user.login", occurred_at=...),
+        RejectReason.INVALID_FIELDS,
+        "occurred_at",
+    ),
+    (
+        "timestamp without offset",
+        event(type="user.login", occurred_at="2025-01-30T10:30:00"),
+        RejectReason.INVALID_FIELDS,
+        "offset",
+    ),
+    (
+        "date only",
+        event(type="user.login", occurred_at="2025-01-30"),
+        RejectReason.INVALID_FIELDS,
+        "occurred_at",
+    ),
+    (
+        "timestamp as number",
+        event(type="user.login", occurred_at=1738232400),
+        RejectReason.INVALID_FIELDS,
+        "occurred_at",
+    ),
+    (
+        "impossible date",
+        event(type="user.login", occurred_at="2025-02-30T10:30:00Z"),
+        RejectReason.INVALID_FIELDS,
+        "occurred_at",
+    ),
+    (
+        "missing user_id",
+        event(type="user.login", user_id=...),
+        RejectReason.INVALID_FIELDS,
+        "user_id",
+    ),
+    (
+        "user_id with colon",
+        event(type="user.login", user_id="a:b"),
+        RejectReason.INVALID_FIELDS,
+        "user_id",
+    ),
+    (
+        "user_id with braces",
+        event(type="user.login", user_id="{a}"),
+        RejectReason.INVALID_FIELDS,
+        "user_id",
+    ),
+    (
+        "user_id with space",
+        event(type="user.login", user_id="a b"),
+        RejectReason.INVALID_FIELDS,
+        "user_id",
+    ),
+    (
+        "user_id too long",
+        event(type="user.login", user_id="a" * 129),
+        RejectReason.INVALID_FIELDS,
+        "user_id",
+    ),
+    ("user_id empty", event(type="user.login", user_id=""), RejectReason.INVALID_FIELDS, "user_id"),
+    ("user_id number", event(type="user.login", user_id=5), RejectReason.INVALID_FIELDS, "user_id"),
+    (
+        "session_id missing",
+        event(type="session.activity", session_id=...),
+        RejectReason.INVALID_FIELDS,
+        "session_id",
+    ),
+    (
+        "session_id not uuid",
+        event(type="session.activity", session_id="s1:x"),
+        RejectReason.INVALID_FIELDS,
+        "session_id",
+    ),
+    (
+        "speaker_id missing",
+        event(type="session.started"),
+        RejectReason.INVALID_FIELDS,
+        "speaker_id",
+    ),
+    (
+        "speaker_id string",
+        event(type="session.started", speaker_id="6"),
+        RejectReason.INVALID_FIELDS,
+        "speaker_id",
+    ),
+    (
+        "speaker_id negative",
+        event(type="session.started", speaker_id=-1),
+        RejectReason.INVALID_FIELDS,
+        "speaker_id",
+    ),
+    (
+        "speaker_id bool",
+        event(type="session.started", speaker_id=True),
+        RejectReason.INVALID_FIELDS,
+        "speaker_id",
+    ),
+    (
+        "speaker_id float",
+        event(type="session.started", speaker_id=6.5),
+        RejectReason.INVALID_FIELDS,
+        "speaker_id",
+    ),
+    (
+        "context not object",
+        event(type="session.started", speaker_id=1, conversation_context="{}"),
+        RejectReason.INVALID_FIELDS,
+        "conversation_context",
+    ),
+    (
+        "scenario_id with colon",
+        event(type="session.started", speaker_id=1, scenario_id="a:b"),
+        RejectReason.INVALID_FIELDS,
+        "scenario_id",
+    ),
+    (
+        "status unknown",
+        event(type="session.updated", status="ended"),
+        RejectReason.INVALID_FIELDS,
+        "status",
+    ),
+    (
+        "preferences list",
+        event(type="user.login", preferences=[1]),
+        RejectReason.INVALID_FIELDS,
+        "preferences",
+    ),
+    ("reason number", event(type="session.ended", reason=3), RejectReason.INVALID_FIELDS, "reason"),
+    (
+        "latency negative",
+        event(type="ai.response", prompt="p", response="r", provider="g", model="m", latency_ms=-1),
+        RejectReason.INVALID_FIELDS,
+        "latency_ms",
+    ),
+    (
+        "latency string",
+        event(type="ai.failed", provider="g", model="m", error="e", latency_ms="5"),
+        RejectReason.INVALID_FIELDS,
+        "latency_ms",
+    ),
+    (
+        "cache_hit string",
+        event(
+            type="ai.response",
+            prompt="p",
+            response="r",
+            provider="g",
+            model="m",
+            latency_ms=1,
+            cache_hit="yes",
+        ),
+        RejectReason.INVALID_FIELDS,
+        "cache_hit",
+    ),
+    (
+        "prompt missing",
+        event(type="ai.response", response="r", provider="g", model="m", latency_ms=1),
+        RejectReason.INVALID_FIELDS,
+        "prompt",
+    ),
+    (
+        "audio not base64",
+        event(type="voice.synthesized", speaker_id=1, text="t", audio="not base64!", latency_ms=1),
+        RejectReason.INVALID_FIELDS,
+        "audio",
+    ),
+    (
+        "NUL in a string",
+        event(type="user.login", preferences={"k": "a\x00b"}),
+        RejectReason.NUL_CHARACTER,
+        "U+0000",
+    ),
     ("tombstone", None, RejectReason.INVALID_JSON, "empty"),
 ]
 
 
-@pytest.mark.parametrize(("obj", "reason", "needle"), [b[1:] for b in BAD],
-                         ids=[b[0] for b in BAD])
-def test_invalid_events_are_rejected_with_reason(obj: Any, reason: RejectReason,
-                                                 needle: str) -> None:
+@pytest.mark.parametrize(("obj", "reason", "needle"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_invalid_events_are_rejected_with_reason(
+    obj: Any, reason: RejectReason, needle: str
+) -> None:
     result = decode_event(None, topic=None, max_bytes=1000) if obj is None else decode(obj)
     assert isinstance(result, Rejection)
     assert result.reason == reason
@@ -167,14 +290,20 @@ def test_size_limit_is_inclusive() -> None:
 
 
 def test_event_on_the_wrong_topic_is_rejected() -> None:
-    result = decode(event(type="ai.failed", provider="g", model="m", error="e", latency_ms=1),
-                    topic="session-events")
+    result = decode(
+        event(type="ai.failed", provider="g", model="m", error="e", latency_ms=1),
+        topic="session-events",
+    )
     assert isinstance(result, Rejection) and result.reason == RejectReason.WRONG_TOPIC
 
 
 def test_ids_are_canonicalised_and_times_normalised_to_utc() -> None:
-    obj = event(type="session.started", speaker_id=1, event_id=SID.upper(),
-                occurred_at="2025-01-30T19:30:00+09:00")
+    obj = event(
+        type="session.started",
+        speaker_id=1,
+        event_id=SID.upper(),
+        occurred_at="2025-01-30T19:30:00+09:00",
+    )
     result = decode(obj)
     assert isinstance(result, SessionStarted)
     assert result.event_id == SID
@@ -190,8 +319,9 @@ def test_unknown_fields_are_ignored_and_not_reemitted() -> None:
 def test_wire_form_round_trips() -> None:
     audio = base64.b64encode(b"RIFF....WAVE").decode()
     for obj in (
-        event(type="ai.response", prompt="p", response="r", provider="g", model="m",
-              latency_ms=1.5),
+        event(
+            type="ai.response", prompt="p", response="r", provider="g", model="m", latency_ms=1.5
+        ),
         event(type="voice.synthesized", speaker_id=2, text="t", audio=audio, latency_ms=3),
     ):
         first = decode(obj)

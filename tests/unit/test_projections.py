@@ -14,9 +14,16 @@ SID = "550e8400-e29b-41d4-a716-446655440000"
 
 def session(**kw: object) -> SessionState:
     base: dict[str, object] = dict(
-        session_id=SID, user_id="u1", status="active", speaker_id=6, scenario_id=None,
-        conversation_context={"scene": "cafe"}, performance_stats=None, started_at=T0,
-        business_day=date(2025, 1, 30), last_activity=T0 + timedelta(minutes=5),
+        session_id=SID,
+        user_id="u1",
+        status="active",
+        speaker_id=6,
+        scenario_id=None,
+        conversation_context={"scene": "cafe"},
+        performance_stats=None,
+        started_at=T0,
+        business_day=date(2025, 1, 30),
+        last_activity=T0 + timedelta(minutes=5),
     )
     base.update(kw)
     return SessionState(**base)  # type: ignore[arg-type]
@@ -69,8 +76,11 @@ def test_remaining_sessions_never_negative_and_empty_fields() -> None:
 
 
 def test_stats_ttl_is_24h_after_the_write() -> None:
-    op = project_stats(date(2025, 1, 30), {"active_sessions": 2, "total_sessions_today": 5},
-                       written_at=T0, now=T0)
-    assert op == HashWrite("stats:realtime:2025-01-30",
-                           {"active_sessions": "2", "total_sessions_today": "5"},
-                           epoch_ms(T0 + timedelta(hours=24)))
+    op = project_stats(
+        date(2025, 1, 30), {"active_sessions": 2, "total_sessions_today": 5}, written_at=T0, now=T0
+    )
+    assert op == HashWrite(
+        "stats:realtime:2025-01-30",
+        {"active_sessions": "2", "total_sessions_today": "5"},
+        epoch_ms(T0 + timedelta(hours=24)),
+    )

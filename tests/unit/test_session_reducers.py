@@ -35,8 +35,12 @@ def ev(cls: type[SessionEvent], minutes: float = 0, user: str = "u1", **kw: Any)
     return cls(**fields, **kw)
 
 
-def run(events: list[Any], sessions: dict[str, SessionState] | None = None,
-        users: dict[str, UserState] | None = None, tz: ZoneInfo = UTC_TZ) -> Any:
+def run(
+    events: list[Any],
+    sessions: dict[str, SessionState] | None = None,
+    users: dict[str, UserState] | None = None,
+    tz: ZoneInfo = UTC_TZ,
+) -> Any:
     return reduce_session_events(events, sessions or {}, users or {}, tz)
 
 
@@ -59,11 +63,13 @@ def test_business_day_follows_business_tz() -> None:
 
 
 def test_updates_and_activity_move_last_activity() -> None:
-    ch = run([
-        ev(SessionStarted, speaker_id=6),
-        ev(SessionUpdated, 5, status="paused", speaker_id=2, performance_stats={"wpm": 90}),
-        ev(SessionActivity, 10, performance_stats={"wpm": 95}),
-    ])
+    ch = run(
+        [
+            ev(SessionStarted, speaker_id=6),
+            ev(SessionUpdated, 5, status="paused", speaker_id=2, performance_stats={"wpm": 90}),
+            ev(SessionActivity, 10, performance_stats={"wpm": 95}),
+        ]
+    )
     s = ch.sessions[SID]
     assert (s.status, s.speaker_id, s.performance_stats) == ("paused", 2, {"wpm": 95})
     assert s.last_activity == T0 + timedelta(minutes=10)
@@ -94,8 +100,12 @@ def test_idle_for_thirty_minutes_expires_on_next_event() -> None:
 
 
 def test_sweeper_expires_idle_sessions_only() -> None:
-    started = run([ev(SessionStarted, speaker_id=6),
-                   ev(SessionStarted, 20, session_id=str(uuid.uuid4()), user="u2", speaker_id=1)])
+    started = run(
+        [
+            ev(SessionStarted, speaker_id=6),
+            ev(SessionStarted, 20, session_id=str(uuid.uuid4()), user="u2", speaker_id=1),
+        ]
+    )
     ch = expire_idle(started.sessions, started.users, T0 + timedelta(minutes=30))
     assert ch.sessions[SID].status == "expired"
     assert ch.dirty_sessions == {SID}
@@ -112,8 +122,9 @@ def test_activity_within_ttl_revives_a_session_the_sweeper_expired_early() -> No
 
 
 def test_login_sets_preferences_and_keeps_the_latest_login() -> None:
-    ch = run([ev(UserLogin, 5, preferences={"lang": "ja"}), ev(UserLogin, 1,
-                                                               preferences={"lang": "en"})])
+    ch = run(
+        [ev(UserLogin, 5, preferences={"lang": "ja"}), ev(UserLogin, 1, preferences={"lang": "en"})]
+    )
     user = ch.users["u1"]
     assert user.last_login == T0 + timedelta(minutes=5)
     assert user.preferences == {"lang": "ja"}

@@ -1,0 +1,215 @@
+"""Fixtures for tests against the real Kafka, Redis and PostgreSQL.
+
+The stack must be up (`make test` runs `rpcache stack up` first). Each test
+session gets its own topic prefix, consumer group, PostgreSQL database and
+Redis database, so runs never see each other's data. Workers are real
+`rpcache worker` processes, started and killed like an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from streams.publisher import EventPublisher
+from streams.runtime import open_pool
+from streams.settings import Settings, get_settings
+from streams.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+RUN = uuid.uuid4().hex[:8]
+LOG_DIR = Path(".cache/test-logs")
+
+
+def _with_db(url: str, db: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+@pytest.fixture(scope="session")
+def test_env() -> dict[str, str]:
+    """Environment of the workers and of the test process for this run."""
+    base = get_settings()
+    db_url = _with_db(base.database_url.get_secret_value(), f"rpcache_test_{RUN}")
+    redis_url = base.redis_url.get_secret_value().rsplit("/", 1)[0] + "/15"
+    return {
+        "TOPIC_PREFIX": f"test-{RUN}.",
+        "APP_ID": f"rpcache-test-{RUN}",
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "WORKER_WEB_ENABLED": "false",
+        "SESSION_SWEEP_INTERVAL_S": "1",
+        "BATCH_WITHIN_MS": "20",
+        "KAFKA_BOOTSTRAP_SERVERS": base.kafka_bootstrap_servers,
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(test_env: dict[str, str]) -> Settings:
+    return Settings(**{k.lower(): v for k, v in test_env.items()})
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[None]:
+    """A fresh database for the run, dropped at the end."""
+    admin_url = _with_db(get_settings().database_url.get_secret_value(), "postgres")
+    name = urlsplit(settings.database_url.get_secret_value()).path.lstrip("/")
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    yield
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings, database: None) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(settings)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def topics(settings: Settings) -> None:
+    await ensure_topics(settings)
+
+
+@pytest.fixture(scope="session")
+async def publisher(settings: Settings, topics: None) -> AsyncIterator[EventPublisher]:
+    async with EventPublisher.from_settings(settings) as pub:
+        yield pub
+
+
+class WorkerProcess:
+    """One `rpcache worker` child process with its log file."""
+
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{RUN}-{name}.log"
+        self.env = {**os.environ, **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until Faust says the worker is ready (and partitions are assigned)."""
+        start = len(self.log_text().split("[^Worker]: Ready")) - 1
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log_text()[-3000:]
+            if len(self.log_text().split("[^Worker]: Ready")) - 1 > start:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout_s}s:\n{self.log_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait for a clean exit."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def worker_factory(
+    test_env: dict[str, str], database: None, topics: None
+) -> Iterator[Callable[[str], WorkerProcess]]:
+    made: list[WorkerProcess] = []
+
+    def make(name: str) -> WorkerProcess:
+        w = WorkerProcess(test_env, name)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+async def worker(
+    worker_factory: Callable[[str], WorkerProcess], pool: asyncpg.Pool
+) -> AsyncIterator[WorkerProcess]:
+    """The shared worker most tests publish to."""
+    w = worker_factory("main")
+    w.start()
+    await w.wait_ready()
+    yield w
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    check: Callable[[T], bool],
+    timeout_s: float = 30,
+    interval_s: float = 0.1,
+) -> T:
+    """Poll `probe` until `check` holds; return the last value or fail with it."""
+    deadline = time.monotonic() + timeout_s
+    value = await probe()
+    while not check(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"condition not met after {timeout_s}s; last value: {value!r:.2000}"
+            )
+        await asyncio.sleep(interval_s)
+        value = await probe()
+    return value
+
+
+async def stored_count(pool: asyncpg.Pool, event_ids: list[str]) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", event_ids
+        )
+    )
+
+
+def any_value(_: Any) -> bool:
+    return True

@@ -1,0 +1,323 @@
+"""The session slice end to end: publisher → Kafka → worker → PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from schemas.keys import format_utc, session_key, stats_key, user_state_key
+from streams.publisher import EventPublisher
+from streams.settings import Settings
+from tests.integration.conftest import WorkerProcess, eventually, stored_count
+
+pytestmark = pytest.mark.integration
+
+
+def user() -> str:
+    return f"u-{uuid.uuid4().hex[:10]}"
+
+
+def today(settings: Settings) -> date:
+    return datetime.now(settings.tz).date()
+
+
+async def counters(pool: asyncpg.Pool, day: date) -> int:
+    value = await pool.fetchval(
+        "SELECT value FROM daily_counters WHERE day = $1 AND name = 'sessions_started'", day
+    )
+    return int(value or 0)
+
+
+async def hgetall(redis: Redis, key: str) -> dict[str, str]:
+    return await redis.hgetall(key)  # type: ignore[no-any-return,misc]
+
+
+async def test_session_lifecycle(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    u = user()
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    await publisher.user_login(u, preferences={"lang": "ja"}, occurred_at=t0)
+    sid = await publisher.session_started(
+        u,
+        speaker_id=6,
+        conversation_context={"scene": "cafe"},
+        scenario_id="cafe-1",
+        occurred_at=t0 + timedelta(seconds=1),
+    )
+    await publisher.session_updated(
+        u, sid, status="paused", speaker_id=3, occurred_at=t0 + timedelta(seconds=2)
+    )
+    await publisher.session_activity(
+        u, sid, performance_stats={"wpm": 120}, occurred_at=t0 + timedelta(seconds=3)
+    )
+
+    want_session = {
+        "user_id": u,
+        "status": "paused",
+        "speaker_id": "3",
+        "conversation_context": '{"scene":"cafe"}',
+        "last_activity": format_utc(t0 + timedelta(seconds=3)),
+        "performance_stats": '{"wpm":120}',
+    }
+    got = await eventually(lambda: hgetall(redis, session_key(sid)), lambda v: v == want_session)
+    assert got == want_session
+    assert await redis.type(session_key(sid)) == "hash"
+    ttl = await redis.pttl(session_key(sid))
+    expected_ttl = (t0 + timedelta(seconds=3, minutes=30) - datetime.now(UTC)).total_seconds()
+    assert abs(ttl / 1000 - expected_ttl) < 5, (ttl, expected_ttl)
+
+    state = await hgetall(redis, user_state_key(u))
+    assert state == {
+        "current_session_id": sid,
+        "last_login": format_utc(t0),
+        "preferences": '{"lang":"ja"}',
+        "daily_session_count": "1",
+        "remaining_sessions": str(settings.daily_session_quota - 1),
+    }
+    # 1 h after the user's latest event (the activity at t0 + 3 s)
+    user_ttl = await redis.pttl(user_state_key(u))
+    expected_user_ttl = (t0 + timedelta(seconds=3, hours=1) - datetime.now(UTC)).total_seconds()
+    assert abs(user_ttl / 1000 - expected_user_ttl) < 5, (user_ttl, expected_user_ttl)
+
+    row = await pool.fetchrow(
+        "SELECT status, speaker_id, scenario_id FROM sessions WHERE session_id = $1", uuid.UUID(sid)
+    )
+    assert dict(row) == {"status": "paused", "speaker_id": 3, "scenario_id": "cafe-1"}
+
+    await publisher.session_ended(u, sid, reason="bye", occurred_at=t0 + timedelta(seconds=4))
+    await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 0)
+    state = await eventually(
+        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("current_session_id") == ""
+    )
+    assert state["daily_session_count"] == "1"
+    row = await pool.fetchrow(
+        "SELECT status, end_reason, ended_at FROM sessions WHERE session_id = $1", uuid.UUID(sid)
+    )
+    assert (row["status"], row["end_reason"]) == ("ended", "bye")
+    assert row["ended_at"] == t0 + timedelta(seconds=4)
+
+
+async def test_daily_quota_and_stats(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    day = today(settings)
+    before = await counters(pool, day)
+    u = user()
+    ids = [await publisher.session_started(u, speaker_id=i) for i in range(3)]
+    await eventually(
+        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("daily_session_count") == "3"
+    )
+    state = await hgetall(redis, user_state_key(u))
+    assert state["remaining_sessions"] == str(settings.daily_session_quota - 3)
+    assert state["current_session_id"] == ids[-1]
+    assert await counters(pool, day) == before + 3
+
+    async def stats() -> dict[str, str]:
+        return await hgetall(redis, stats_key(day))
+
+    open_in_pg = await pool.fetchval(
+        "SELECT count(*) FROM sessions WHERE status IN ('active','paused')"
+        " AND last_activity > now() - interval '30 minutes'"
+    )
+    got = await eventually(stats, lambda s: s.get("total_sessions_today") == str(before + 3))
+    assert int(got["active_sessions"]) == open_in_pg
+    assert 86000 < await redis.ttl(stats_key(day)) <= 86400
+
+
+async def test_quota_never_goes_below_zero(
+    worker: WorkerProcess, settings: Settings, redis: Redis, publisher: EventPublisher
+) -> None:
+    u = user()
+    for i in range(settings.daily_session_quota + 2):
+        await publisher.session_started(u, speaker_id=i % 5)
+    state = await eventually(
+        lambda: hgetall(redis, user_state_key(u)),
+        lambda s: s.get("daily_session_count") == str(settings.daily_session_quota + 2),
+    )
+    assert state["remaining_sessions"] == "0"
+
+
+async def test_idle_session_expires(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    u = user()
+    almost_idle = datetime.now(UTC) - timedelta(minutes=30) + timedelta(seconds=4)
+    sid = await publisher.session_started(u, speaker_id=1, occurred_at=almost_idle)
+    await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 1)
+    active_before = int((await hgetall(redis, stats_key(today(settings))))["active_sessions"])
+
+    row = await eventually(
+        lambda: pool.fetchrow(
+            "SELECT status, ended_at FROM sessions WHERE session_id = $1", uuid.UUID(sid)
+        ),
+        lambda r: r is not None and r["status"] == "expired",
+        timeout_s=20,
+    )
+    assert row["ended_at"] == almost_idle.replace(microsecond=almost_idle.microsecond) + timedelta(
+        minutes=30
+    )
+    assert await redis.exists(session_key(sid)) == 0
+    await eventually(
+        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("current_session_id") == ""
+    )
+    stats = await eventually(
+        lambda: hgetall(redis, stats_key(today(settings))),
+        lambda s: int(s["active_sessions"]) < active_before,
+    )
+    open_in_pg = await pool.fetchval(
+        "SELECT count(*) FROM sessions WHERE status IN ('active','paused')"
+        " AND last_activity > now() - interval '30 minutes'"
+    )
+    assert int(stats["active_sessions"]) <= open_in_pg + 1
+
+
+async def test_duplicates_change_nothing(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    day = today(settings)
+    before = await counters(pool, day)
+    u = user()
+    sid = str(uuid.uuid4())
+    eid = str(uuid.uuid4())
+    at = datetime.now(UTC)
+    for _ in range(3):
+        await publisher.session_started(
+            u, speaker_id=2, session_id=sid, event_id=eid, occurred_at=at
+        )
+    marker = await publisher.session_activity(u, sid)  # lands after the duplicates
+    await eventually(lambda: stored_count(pool, [marker]), lambda n: n == 1)
+    assert await stored_count(pool, [eid]) == 1
+    assert await counters(pool, day) == before + 1
+    state = await eventually(
+        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("daily_session_count") == "1"
+    )
+    assert state["current_session_id"] == sid
+    conflicts = await pool.fetchval("SELECT count(*) FROM dead_letters WHERE event_id = $1", eid)
+    assert conflicts == 0  # a faithful redelivery is not a conflict
+
+
+async def test_duplicate_event_id_with_other_content_is_a_conflict(
+    worker: WorkerProcess, publisher: EventPublisher, pool: asyncpg.Pool
+) -> None:
+    u = user()
+    eid = str(uuid.uuid4())
+    await publisher.user_login(u, preferences={"v": 1}, event_id=eid)
+    await publisher.user_login(u, preferences={"v": 2}, event_id=eid)
+    row = await eventually(
+        lambda: pool.fetchrow("SELECT reason, detail FROM dead_letters WHERE event_id = $1", eid),
+        lambda r: r is not None,
+    )
+    assert row["reason"] == "duplicate_event_conflict"
+    stored = await pool.fetchval("SELECT payload FROM events WHERE event_id = $1", uuid.UUID(eid))
+    assert orjson.loads(stored)["preferences"] == {"v": 1}  # the first one wins
+
+
+def _bad_inputs(settings: Settings) -> list[tuple[str, bytes]]:
+    sid = str(uuid.uuid4())
+
+    def ev(**kw: Any) -> bytes:
+        base = {
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": "2025-01-30T10:30:00Z",
+            "user_id": "bad-user",
+            "session_id": sid,
+            "type": "session.started",
+            "speaker_id": 1,
+        }
+        base.update(kw)
+        return orjson.dumps({k: v for k, v in base.items() if v is not None})
+
+    return [
+        ("invalid_json", b"{definitely not json"),
+        ("not_an_object", b"[1,2,3]"),
+        ("unknown_type", ev(type="session.teleported")),
+        ("invalid_fields", ev(speaker_id="six")),
+        ("invalid_fields", ev(event_id=None)),
+        ("invalid_fields", ev(user_id="evil:user:{x}")),
+        ("invalid_fields", ev(occurred_at="2025-01-30T10:30:00")),
+        ("wrong_topic", ev(type="ai.failed", provider="p", model="m", error="e", latency_ms=1)),
+        ("too_large", ev(conversation_context={"pad": "x" * (settings.max_event_bytes + 10)})),
+        ("nul_character", ev(conversation_context={"k": "\x00"})),
+        ("unknown_session", ev(type="session.activity", session_id=str(uuid.uuid4()))),
+    ]
+
+
+async def test_bad_input_is_dead_lettered_and_the_next_event_lands(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    topic = f"{settings.topic_prefix}session-events"
+    dl_topic = f"{settings.topic_prefix}dead-letters"
+    key = f"bad-{uuid.uuid4().hex[:8]}".encode()
+    cases = _bad_inputs(settings)
+    for _, raw in cases:
+        await publisher.publish_raw(topic, key, raw)
+    u = user()
+    sid = await publisher.session_started(u, speaker_id=4)  # the next good event
+    await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 1)
+
+    rows = await eventually(
+        lambda: pool.fetch(
+            "SELECT reason, detail, original FROM dead_letters"
+            " WHERE message_key = $1 ORDER BY kafka_offset",
+            key,
+        ),
+        lambda r: len(r) == len(cases),
+    )
+    assert [r["reason"] for r in rows] == [c[0] for c in cases]
+    assert [bytes(r["original"]) for r in rows] == [c[1] for c in cases]
+    assert all(r["detail"] for r in rows)
+    assert await redis.exists("user:evil:user:{x}:state") == 0
+
+    consumer = AIOKafkaConsumer(
+        dl_topic,
+        bootstrap_servers=settings.kafka_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        seen: list[dict[str, Any]] = []
+
+        async def read() -> int:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                seen.extend(orjson.loads(m.value) for m in msgs if m.key == key)
+            return len(seen)
+
+        await eventually(read, lambda n: n >= len(cases))
+    finally:
+        await consumer.stop()
+    first = seen[0]
+    assert first["reason"] == "invalid_json"
+    assert first["source_topic"] == topic
+    assert {"partition", "offset", "original", "detail"} <= first.keys()

@@ -55,6 +55,7 @@ app = RpcacheApp(
     settings.app_id,
     broker=[f"kafka://{server}" for server in settings.kafka_servers],
     store="memory://",
+    datadir=settings.worker_data_dir,
     key_serializer="raw",
     value_serializer="raw",
     topic_partitions=settings.topic_partitions,

@@ -27,7 +27,7 @@ cli.add_typer(
 
 @cli.command()
 def worker(
-    loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warning, error"),
+    loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warn, error, crit"),
 ) -> None:
     """Run the stream processor: the same as `faust -A streams.app worker`.
 
@@ -62,6 +62,7 @@ def demo(
     from streams.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves on new topics
     code = asyncio.run(run_demo(users, sessions_per_user, events_per_session, timeout_s))
     raise typer.Exit(code)
 

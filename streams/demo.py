@@ -55,7 +55,7 @@ def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+        [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn"],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "WORKER_WEB_ENABLED": "false"},
@@ -105,10 +105,12 @@ async def publish_traffic(
     return traffic
 
 
-async def wait_stored(pool: asyncpg.Pool, ids: list[str], timeout_s: float) -> int:
+async def wait_stored(
+    pool: asyncpg.Pool, ids: list[str], timeout_s: float, worker: subprocess.Popen[bytes]
+) -> int:
     deadline = time.monotonic() + timeout_s
     stored = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and worker.poll() is None:
         stored = await pool.fetchval(
             "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", ids
         )
@@ -125,13 +127,16 @@ async def run_demo(users: int, sessions_per_user: int, events: int, timeout_s: f
     await ensure_topics(settings)
     pool = await open_pool(settings)
     redis = open_redis(settings)
-    worker = start_worker(Path(settings.stack_dir) / "demo-worker.log")
+    log_path = Path(settings.stack_dir) / "demo-worker.log"
+    worker = start_worker(log_path)
     try:
         started = time.monotonic()
         async with EventPublisher.from_settings(settings) as publisher:
             traffic = await publish_traffic(publisher, run, users, sessions_per_user, events)
         published_s = time.monotonic() - started
-        stored = await wait_stored(pool, traffic.event_ids, timeout_s)
+        stored = await wait_stored(pool, traffic.event_ids, timeout_s, worker)
+        if worker.poll() is not None:
+            console.print(f"[red]the worker exited ({worker.returncode}); see {log_path}[/]")
         landed_s = time.monotonic() - started
         await asyncio.sleep(0.5)  # the Redis pipeline follows the commit
         ok = await summarise(settings, pool, redis, traffic, stored, published_s, landed_s)

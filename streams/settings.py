@@ -48,6 +48,8 @@ class Settings(BaseSettings):
 
     # --- local stack (`rpcache stack`) -------------------------------------
     stack_dir: str = ".cache/stack"
+    worker_data_dir: str = ".cache/worker"
+    """Faust's local data directory (no tables are kept there; logs of state only)."""
 
     @field_validator("business_tz")
     @classmethod

@@ -18,15 +18,15 @@ from functools import singledispatch
 from zoneinfo import ZoneInfo
 
 from schemas.events import (
-    RejectReason,
     Rejection,
+    RejectReason,
     SessionActivity,
     SessionEnded,
     SessionEvent,
+    SessionScoped,
     SessionStarted,
     SessionUpdated,
     UserLogin,
-    SessionScoped,
 )
 from schemas.keys import SESSION_TTL
 from streams.state import SessionState, UserState
@@ -45,7 +45,7 @@ class SessionChanges:
     dirty_users: set[str] = field(default_factory=set)
     user_day_started: Counter[tuple[str, date]] = field(default_factory=Counter)
     day_counters: Counter[tuple[date, str]] = field(default_factory=Counter)
-    rejections: list[tuple[SessionEvent, Rejection]] = field(default_factory=list)
+    rejections: list[tuple[SessionScoped | SessionEvent, Rejection]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,7 @@ def _live_session(ctx: _Ctx, event: SessionScoped) -> SessionState | None:
         ctx.changes.users[session.user_id].current_session_id = session.session_id
     if not session.is_open:
         return None
-    if at > session.last_activity:
-        session.last_activity = at
+    session.last_activity = max(session.last_activity, at)
     return session
 
 
@@ -235,5 +234,7 @@ def _close_for_user(changes: SessionChanges, session: SessionState) -> None:
         changes.dirty_users.add(user.user_id)
 
 
-def _reject(ctx: _Ctx, event: SessionEvent, reason: RejectReason, detail: str) -> None:
+def _reject(
+    ctx: _Ctx, event: SessionScoped | SessionEvent, reason: RejectReason, detail: str
+) -> None:
     ctx.changes.rejections.append((event, Rejection(reason, detail, event.event_id)))

@@ -1,0 +1,48 @@
+# rpcache developer entry points. `make test` goes from a fresh clone to a
+# green run: system packages, virtualenv, local Kafka/Redis/PostgreSQL, tests.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STACK := $(BIN)/python -m streams.stack.cli
+PYTEST_ARGS ?=
+
+.PHONY: venv setup stack-up stack-down stack-status test test-unit demo lint
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: venv
+	bash scripts/install-system-deps.sh
+
+stack-up: setup
+	$(STACK) up
+
+stack-down: venv
+	$(STACK) down
+
+stack-status: venv
+	$(STACK) status
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: stack-up
+	@rc=0; $(BIN)/pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+test-unit: venv
+	$(BIN)/pytest -q -m "not integration and not chaos" $(PYTEST_ARGS)
+
+demo: stack-up
+	$(BIN)/rpcache demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

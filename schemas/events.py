@@ -186,9 +186,7 @@ InferenceEvent = AiResponse | AiFailed
 SynthesisEvent = VoiceSynthesized | VoiceFailed
 Event = SessionEvent | InferenceEvent | SynthesisEvent
 
-_ADAPTER: TypeAdapter[Event] = TypeAdapter(
-    Annotated[Event, Field(discriminator="type")]
-)
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
 TOPIC_OF_TYPE: Final[dict[str, str]] = {
     "user.login": SESSION_TOPIC,

@@ -19,12 +19,6 @@ class RpcacheError(Exception):
     retriable: bool = False
 
 
-class DependencyUnavailable(RpcacheError):  # noqa: N818 - it is a state, not an "Error"
-    """Redis, PostgreSQL or Kafka did not answer; retrying can help."""
-
-    retriable = True
-
-
 _TRANSIENT_PG = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,

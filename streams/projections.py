@@ -9,7 +9,7 @@ An expiry already in the past becomes a delete.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -94,8 +94,3 @@ def _number_text(value: int | float) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
-
-
-def remaining_ttl(expire_at_ms: int, now: datetime) -> timedelta:
-    """Time left before `expire_at_ms`; negative once expired."""
-    return timedelta(milliseconds=expire_at_ms - epoch_ms(now))

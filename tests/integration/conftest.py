@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -209,7 +209,3 @@ async def stored_count(pool: asyncpg.Pool, event_ids: list[str]) -> int:
             "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", event_ids
         )
     )
-
-
-def any_value(_: Any) -> bool:
-    return True

@@ -108,16 +108,19 @@ async def publisher(settings: Settings, topics: None) -> AsyncIterator[EventPubl
 class WorkerProcess:
     """One `rpcache worker` child process with its log file."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    COMMAND = (sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info")
+
+    def __init__(self, env: dict[str, str], name: str, command: tuple[str, ...] = COMMAND) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{RUN}-{name}.log"
         self.env = {**os.environ, **env}
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            list(self.command),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

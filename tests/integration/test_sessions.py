@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -321,3 +322,29 @@ async def test_bad_input_is_dead_lettered_and_the_next_event_lands(
     assert first["reason"] == "invalid_json"
     assert first["source_topic"] == topic
     assert {"partition", "offset", "original", "detail"} <= first.keys()
+
+
+async def test_faust_cli_runs_the_same_worker(
+    test_env: dict[str, str], database: None, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    """`faust -A streams.app worker` is the same app as `rpcache worker`."""
+    from pathlib import Path
+
+    from streams.topics import ensure_topics
+
+    env = {**test_env, "TOPIC_PREFIX": f"{test_env['TOPIC_PREFIX']}cli.", "APP_ID": "cli-test"}
+    cli_settings = Settings(**{k.lower(): v for k, v in env.items()})
+    await ensure_topics(cli_settings)
+    faust_bin = str(Path(sys.executable).with_name("faust"))
+    w = WorkerProcess(
+        env, "faust-cli", (faust_bin, "-A", "streams.app", "worker", "-l", "info", "--without-web")
+    )
+    w.start()
+    try:
+        await w.wait_ready()
+        async with EventPublisher.from_settings(cli_settings) as pub:
+            sid = await pub.session_started(user(), speaker_id=9)
+        got = await eventually(lambda: hgetall(redis, session_key(sid)), bool)
+        assert got["speaker_id"] == "9"
+    finally:
+        assert w.stop() == 0

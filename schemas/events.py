@@ -12,6 +12,7 @@ fields are ignored so producers can add fields before consumers know them.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from schemas.keys import INFERENCE_TOPIC, SESSION_TOPIC, SYNTHESIS_TOPIC, format_utc
@@ -72,14 +75,6 @@ def _rfc3339(value: object) -> datetime:
         raise ValueError(f"not a valid timestamp: {exc}") from None
 
 
-def _base64(value: str) -> str:
-    try:
-        binascii.a2b_base64(value, strict_mode=True)
-    except binascii.Error as exc:
-        raise ValueError(f"audio must be base64: {exc}") from None
-    return value
-
-
 EventId = Annotated[str, Field(strict=True), AfterValidator(_uuid_text)]
 SessionId = EventId
 UserId = Annotated[str, Field(strict=True, pattern=USER_ID_PATTERN)]
@@ -93,7 +88,6 @@ SpeakerId = Annotated[int, Field(strict=True, ge=0, le=MAX_INT32)]
 LatencyMs = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(strict=True)]
 JsonObject = Annotated[dict[str, Any], Field(strict=True)]
-Base64Audio = Annotated[str, Field(strict=True), AfterValidator(_base64)]
 
 
 class _Event(BaseModel):
@@ -108,6 +102,10 @@ class _Event(BaseModel):
     def to_json(self) -> bytes:
         """The wire form: UTF-8 JSON, optional fields left out when unset."""
         return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def stored_json(self) -> bytes:
+        """The form kept in PostgreSQL's event log (see VoiceSynthesized)."""
+        return self.to_json()
 
 
 class SessionScoped(_Event):
@@ -167,10 +165,38 @@ class VoiceSynthesized(SessionScoped):
     type: Literal["voice.synthesized"] = "voice.synthesized"
     speaker_id: SpeakerId
     text: Text
-    audio: Base64Audio
+    audio: Text
+    """Base64 of the audio bytes: the value of the voice:{speaker}:{H(text)} key."""
     audio_format: Text = "wav"
     latency_ms: LatencyMs
     cache_hit: Annotated[bool, Field(strict=True)] = False
+    _audio_bytes: bytes = PrivateAttr(default=b"")
+
+    @model_validator(mode="after")
+    def _decode_audio(self) -> VoiceSynthesized:
+        """Decode once: validates the base64 and keeps the bytes for PostgreSQL."""
+        try:
+            self._audio_bytes = binascii.a2b_base64(self.audio, strict_mode=True)
+        except binascii.Error as exc:
+            raise ValueError(f"audio must be base64: {exc}") from None
+        return self
+
+    @property
+    def audio_bytes(self) -> bytes:
+        return self._audio_bytes
+
+    def stored_json(self) -> bytes:
+        """The event without its audio, which lives once in `voice_clips` (bytea).
+
+        Clips are hundreds of KB: the log keeps their SHA-256 and length, so a
+        conflicting re-send with other audio is still told apart.
+        """
+        fields = self.model_dump(mode="json", exclude_none=True, exclude={"audio"})
+        fields["audio"] = {
+            "sha256": hashlib.sha256(self._audio_bytes).hexdigest(),
+            "bytes": len(self._audio_bytes),
+        }
+        return orjson.dumps(fields)
 
 
 class VoiceFailed(SessionScoped):
@@ -212,6 +238,7 @@ class RejectReason(StrEnum):
     INVALID_FIELDS = "invalid_fields"
     WRONG_TOPIC = "wrong_topic"
     NUL_CHARACTER = "nul_character"
+    AUDIO_TOO_LARGE = "audio_too_large"
     # Raised later than decoding, by the state reducers or the sinks:
     UNKNOWN_SESSION = "unknown_session"
     SESSION_OWNER_MISMATCH = "session_owner_mismatch"
@@ -229,11 +256,14 @@ class Rejection:
     event_id: str | None = None
 
 
-def decode_event(raw: bytes | None, *, topic: str | None, max_bytes: int) -> Event | Rejection:
+def decode_event(
+    raw: bytes | None, *, topic: str | None, max_bytes: int, max_audio_bytes: int | None = None
+) -> Event | Rejection:
     """Validate one message value; `topic` is the topic suffix it came from.
 
     Never raises for bad input. `topic=None` skips the topic check (used by
-    tools that read events outside Kafka).
+    tools that read events outside Kafka). `max_audio_bytes` limits the
+    decoded audio of a voice clip.
     """
     if raw is None:
         return Rejection(RejectReason.INVALID_JSON, "empty message value (tombstone)")
@@ -260,9 +290,20 @@ def decode_event(raw: bytes | None, *, topic: str | None, max_bytes: int) -> Eve
             event_id,
         )
     try:
-        return _ADAPTER.validate_python(obj)
+        event = _ADAPTER.validate_python(obj)
     except ValidationError as exc:
         return Rejection(RejectReason.INVALID_FIELDS, _describe(exc), event_id)
+    if (
+        max_audio_bytes is not None
+        and isinstance(event, VoiceSynthesized)
+        and len(event.audio_bytes) > max_audio_bytes
+    ):
+        return Rejection(
+            RejectReason.AUDIO_TOO_LARGE,
+            f"audio is {len(event.audio_bytes)} bytes, over the limit of {max_audio_bytes}",
+            event.event_id,
+        )
+    return event
 
 
 def _contains_nul(value: object) -> bool:

@@ -8,6 +8,8 @@ dead letter instead of a Faust deserialisation crash.
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -97,6 +99,18 @@ async def sweep_idle_sessions() -> None:
     ops = await app.runtime.sweep_idle_sessions()
     if ops:
         log.info("idle sweep wrote %d Redis operations", ops)
+
+
+@app.timer(interval=1.0, on_leader=True)
+async def evaluate_alerts() -> None:
+    """Alert thresholds: on every change (debounced to 1 s) and every ALERT_INTERVAL_S."""
+    engine = app.runtime.alerts
+    if not engine.due(time.monotonic()):
+        return
+    try:
+        await engine.evaluate(datetime.now(UTC), time.monotonic())
+    except Exception:  # the figures are unreachable now; the next tick tries again
+        log.exception("alert evaluation failed")
 
 
 @app.timer(interval=30.0)

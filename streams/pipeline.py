@@ -33,6 +33,7 @@ from schemas.events import Rejection, RejectReason, decode_event
 from streams import deadletters
 from streams.errors import is_transient
 from streams.families.base import Family
+from streams.health import ConnectionHealth
 from streams.projections import RedisOp
 from streams.retry import until_done
 from streams.sinks import postgres as pg
@@ -90,7 +91,10 @@ class BatchPipeline:
         publish: deadletters.Publish,
         dead_letter_topic: str,
         max_event_bytes: int,
+        max_audio_bytes: int,
         max_backoff_s: float,
+        health: ConnectionHealth | None = None,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.family = family
@@ -101,7 +105,10 @@ class BatchPipeline:
         self.publish = publish
         self.dead_letter_topic = dead_letter_topic
         self.max_event_bytes = max_event_bytes
+        self.max_audio_bytes = max_audio_bytes
         self.max_backoff_s = max_backoff_s
+        self.health = health or ConnectionHealth()
+        self.on_batch = on_batch
         self.clock = clock
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
@@ -124,6 +131,8 @@ class BatchPipeline:
                     outcome.dead_letters += sub.dead_letters
                     outcome.redis_ops += sub.redis_ops
                     outcome.retries += sub.retries
+        if self.on_batch is not None:
+            self.on_batch(outcome)
         return outcome
 
     async def _run(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> None:
@@ -136,7 +145,9 @@ class BatchPipeline:
 
         # 2. persist (one transaction)
         persisted = await until_done(
-            lambda: self._persist(messages, stored, rejected),
+            lambda: self.health.track(
+                "postgres", lambda: self._persist(messages, stored, rejected)
+            ),
             max_backoff_s=self.max_backoff_s,
             on_retry=count_retry,
         )
@@ -160,11 +171,20 @@ class BatchPipeline:
         rejected: list[DeadLetterRow] = []
         for m in messages:
             suffix = m.topic.removeprefix(self.topic_prefix)
-            result = decode_event(m.value, topic=suffix, max_bytes=self.max_event_bytes)
+            result = decode_event(
+                m.value,
+                topic=suffix,
+                max_bytes=self.max_event_bytes,
+                max_audio_bytes=self.max_audio_bytes,
+            )
             if isinstance(result, Rejection):
                 rejected.append(self._row(m, result))
             else:
-                stored.append(StoredEvent(result, m.topic, m.partition, m.offset, m.key, m.value))
+                stored.append(
+                    StoredEvent(
+                        result, m.topic, m.partition, m.offset, result.stored_json(), m.key, m.value
+                    )
+                )
         return stored, rejected
 
     async def _persist(
@@ -208,7 +228,7 @@ class BatchPipeline:
     async def _project(self, ops: list[RedisOp], count_retry: Callable[[], None]) -> None:
         try:
             await until_done(
-                lambda: redis_sink.write(self.redis, ops),
+                lambda: self.health.track("redis", lambda: redis_sink.write(self.redis, ops)),
                 max_backoff_s=self.max_backoff_s,
                 on_retry=count_retry,
             )

@@ -14,14 +14,19 @@ import asyncpg
 from redis.asyncio import Redis
 
 from schemas.keys import (
+    ALERTS_TOPIC,
     DEAD_LETTER_TOPIC,
     INFERENCE_TOPIC,
     SYNTHESIS_TOPIC,
     topic_name,
 )
 from streams import deadletters
-from streams.families.base import StoreOnly
+from streams.alerts import AlertEngine
+from streams.families.base import Family
+from streams.families.caches import CacheFamily
 from streams.families.sessions import SessionFamily
+from streams.families.stats import StatsProjector
+from streams.health import ConnectionHealth
 from streams.migrate import migrate
 from streams.pipeline import BatchPipeline
 from streams.projections import RedisOp
@@ -70,15 +75,22 @@ class Runtime:
     sessions: BatchPipeline
     inference: BatchPipeline
     synthesis: BatchPipeline
+    health: ConnectionHealth
+    alerts: AlertEngine
 
     @classmethod
     async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:
         await ensure_topics(settings)
         pool = await open_pool(settings)
         redis = open_redis(settings)
-        family = SessionFamily(settings.tz, settings.daily_session_quota)
+        stats = StatsProjector(settings.tz, settings.max_concurrent_sessions)
+        health = ConnectionHealth()
+        alerts = AlertEngine(
+            settings, pool, redis, health, publish, topic_name(settings.topic_prefix, ALERTS_TOPIC)
+        )
+        family = SessionFamily(settings.tz, settings.daily_session_quota, stats)
 
-        def pipeline(fam: SessionFamily | StoreOnly) -> BatchPipeline:
+        def pipeline(fam: Family) -> BatchPipeline:
             return BatchPipeline(
                 family=fam,
                 topic_prefix=settings.topic_prefix,
@@ -88,7 +100,10 @@ class Runtime:
                 publish=publish,
                 dead_letter_topic=topic_name(settings.topic_prefix, DEAD_LETTER_TOPIC),
                 max_event_bytes=settings.max_event_bytes,
+                max_audio_bytes=settings.voice_max_audio_bytes,
                 max_backoff_s=settings.retry_max_backoff_s,
+                health=health,
+                on_batch=alerts.mark_changed,
             )
 
         return cls(
@@ -97,8 +112,10 @@ class Runtime:
             redis=redis,
             sessions_family=family,
             sessions=pipeline(family),
-            inference=pipeline(StoreOnly(INFERENCE_TOPIC)),
-            synthesis=pipeline(StoreOnly(SYNTHESIS_TOPIC)),
+            inference=pipeline(CacheFamily(INFERENCE_TOPIC, stats)),
+            synthesis=pipeline(CacheFamily(SYNTHESIS_TOPIC, stats)),
+            health=health,
+            alerts=alerts,
         )
 
     async def sweep_idle_sessions(self) -> int:

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     app_id: str = "rpcache"
     topic_partitions: int = Field(4, ge=1)
     max_event_bytes: int = Field(1_048_576, ge=1024)
+    voice_max_audio_bytes: int = Field(716_800, ge=1)
+    """Decoded audio of one voice clip; base64 of 700 KiB still fits MAX_EVENT_BYTES."""
+    max_concurrent_sessions: int = Field(30, ge=1)
+    """Capacity behind system_load = active_sessions / this (the design's phase 3)."""
     batch_max_events: int = Field(1000, ge=1)
     batch_within_ms: int = Field(50, ge=1)
     session_sweep_interval_s: float = Field(10.0, gt=0)
@@ -40,6 +44,15 @@ class Settings(BaseSettings):
     pg_pool_size: int = Field(4, ge=1)
     kafka_session_timeout_s: float = Field(10.0, ge=6)
     """How soon a crashed worker's partitions go to another (broker minimum: 6 s)."""
+
+    # --- alerts (the original design's monitoring thresholds) ------------------
+    alert_hit_rate_min: float = 0.70
+    alert_avg_response_ms_max: float = 200.0
+    alert_redis_memory_ratio_max: float = 0.90
+    alert_connection_failure_rate_max: float = 0.05
+    alert_connected_clients_max: int = 1000
+    alert_min_samples: int = Field(20, ge=1)
+    alert_interval_s: float = Field(10.0, gt=0)
 
     # --- worker web server (Faust's own) -----------------------------------
     worker_web_enabled: bool = True

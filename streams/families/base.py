@@ -38,19 +38,3 @@ class Family(Protocol):
         a redelivery after a crash re-projects what the crash left unwritten.
         """
         ...
-
-
-class StoreOnly:
-    """A family whose events are stored but not yet projected."""
-
-    def __init__(self, topic_suffix: str) -> None:
-        self.topic_suffix = topic_suffix
-
-    async def apply(
-        self,
-        conn: Connection,
-        new: list[StoredEvent],
-        batch: list[StoredEvent],
-        now: datetime,
-    ) -> FamilyResult:
-        return FamilyResult()

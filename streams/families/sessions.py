@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 from schemas.events import SessionEvent, SessionScoped
 from schemas.keys import SESSION_TOPIC, SESSION_TTL
 from streams.families.base import FamilyResult
-from streams.projections import RedisOp, project_session, project_stats, project_user
+from streams.families.stats import StatsProjector
+from streams.projections import RedisOp, project_session, project_user
 from streams.reducers.sessions import (
-    SESSIONS_STARTED,
     SessionChanges,
     business_day,
     expire_idle,
@@ -30,9 +30,10 @@ from streams.state import SessionState, UserState
 class SessionFamily:
     topic_suffix = SESSION_TOPIC
 
-    def __init__(self, tz: ZoneInfo, quota: int) -> None:
+    def __init__(self, tz: ZoneInfo, quota: int, stats: StatsProjector) -> None:
         self.tz = tz
         self.quota = quota
+        self.stats = stats
 
     async def apply(
         self, conn: Connection, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
@@ -88,26 +89,7 @@ class SessionFamily:
         for user in user_list:
             count = started.get((user.user_id, business_day(user.last_seen, self.tz)), 0)
             ops.append(project_user(user, count, self.quota, now))
-        ops.extend(await self.project_stats(conn, days, now))
-        return ops
-
-    async def project_stats(
-        self, conn: Connection, days: set[date], now: datetime
-    ) -> list[RedisOp]:
-        """Session fields of `stats:realtime:{day}`; active_sessions goes to today."""
-        today = business_day(now, self.tz)
-        wanted = days | {today}
-        counters = await pg.day_counters(conn, wanted)
-        active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
-        written = await pg.touch_stats_days(conn, wanted)
-        ops: list[RedisOp] = []
-        for day in sorted(wanted):
-            fields: dict[str, int | float] = {
-                "total_sessions_today": counters[day].get(SESSIONS_STARTED, 0)
-            }
-            if day == today:
-                fields["active_sessions"] = active
-            ops.append(project_stats(day, fields, written[day], now))
+        ops.extend(await self.stats.project(conn, days, now))
         return ops
 
     @staticmethod

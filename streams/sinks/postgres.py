@@ -19,6 +19,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from schemas.events import Event
+from streams.reducers.caches import AiEntry, VoiceEntry
 from streams.state import SessionState, UserState
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -33,13 +34,11 @@ class StoredEvent:
     topic: str
     partition: int
     offset: int
+    payload: bytes
+    """What the event log keeps: `Event.stored_json()`, computed once."""
     key: bytes | None = None
     raw: bytes | None = None
     """The message as received, kept for a dead letter raised after decoding."""
-
-    @property
-    def payload(self) -> bytes:
-        return self.event.to_json()
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,3 +365,133 @@ async def touch_stats_days(conn: Connection, days: Iterable[date]) -> dict[date,
         sorted(set(days)),
     )
     return {r[0]: r[1] for r in rows}
+
+
+# --- AI responses and voice clips ---------------------------------------------------
+async def upsert_ai_entries(conn: Connection, entries: Sequence[AiEntry]) -> None:
+    """Count uses; keep the content of the latest miss (by occurred_at)."""
+    if not entries:
+        return
+    await conn.executemany(
+        """
+        INSERT INTO ai_responses (prompt_hash, prompt, response, provider, model, cached_at,
+                                  source_event_id, use_count, hit_count, last_used_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        ON CONFLICT (prompt_hash) DO UPDATE SET
+            use_count = ai_responses.use_count + EXCLUDED.use_count,
+            hit_count = ai_responses.hit_count + EXCLUDED.hit_count,
+            last_used_at = GREATEST(ai_responses.last_used_at, EXCLUDED.last_used_at),
+            response = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
+                              OR ai_responses.cached_at IS NULL
+                            THEN COALESCE(EXCLUDED.response, ai_responses.response)
+                            ELSE ai_responses.response END,
+            provider = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
+                              OR ai_responses.cached_at IS NULL
+                            THEN COALESCE(EXCLUDED.provider, ai_responses.provider)
+                            ELSE ai_responses.provider END,
+            model = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
+                           OR ai_responses.cached_at IS NULL
+                         THEN COALESCE(EXCLUDED.model, ai_responses.model)
+                         ELSE ai_responses.model END,
+            source_event_id = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
+                                     OR ai_responses.cached_at IS NULL
+                                   THEN COALESCE(EXCLUDED.source_event_id,
+                                                 ai_responses.source_event_id)
+                                   ELSE ai_responses.source_event_id END,
+            cached_at = GREATEST(ai_responses.cached_at, EXCLUDED.cached_at)
+        """,
+        [
+            (
+                e.prompt_hash,
+                e.prompt,
+                e.response,
+                e.provider,
+                e.model,
+                e.cached_at,
+                e.source_event_id,
+                e.uses,
+                e.hits,
+                e.last_used_at,
+            )
+            for e in entries
+        ],
+    )
+
+
+async def upsert_voice_entries(conn: Connection, entries: Sequence[VoiceEntry]) -> None:
+    """Count uses; keep the audio of the latest miss (by occurred_at)."""
+    if not entries:
+        return
+    await conn.executemany(
+        """
+        INSERT INTO voice_clips (speaker_id, text_hash, text, audio, audio_format, cached_at,
+                                 source_event_id, use_count, hit_count, last_used_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        ON CONFLICT (speaker_id, text_hash) DO UPDATE SET
+            use_count = voice_clips.use_count + EXCLUDED.use_count,
+            hit_count = voice_clips.hit_count + EXCLUDED.hit_count,
+            last_used_at = GREATEST(voice_clips.last_used_at, EXCLUDED.last_used_at),
+            audio = CASE WHEN EXCLUDED.cached_at >= voice_clips.cached_at
+                           OR voice_clips.cached_at IS NULL
+                         THEN COALESCE(EXCLUDED.audio, voice_clips.audio)
+                         ELSE voice_clips.audio END,
+            audio_format = CASE WHEN EXCLUDED.cached_at >= voice_clips.cached_at
+                                  OR voice_clips.cached_at IS NULL
+                                THEN COALESCE(EXCLUDED.audio_format, voice_clips.audio_format)
+                                ELSE voice_clips.audio_format END,
+            source_event_id = CASE WHEN EXCLUDED.cached_at >= voice_clips.cached_at
+                                     OR voice_clips.cached_at IS NULL
+                                   THEN COALESCE(EXCLUDED.source_event_id,
+                                                 voice_clips.source_event_id)
+                                   ELSE voice_clips.source_event_id END,
+            cached_at = GREATEST(voice_clips.cached_at, EXCLUDED.cached_at)
+        """,
+        [
+            (
+                e.speaker_id,
+                e.text_hash,
+                e.text,
+                e.audio,
+                e.audio_format,
+                e.cached_at,
+                e.source_event_id,
+                e.uses,
+                e.hits,
+                e.last_used_at,
+            )
+            for e in entries
+        ],
+    )
+
+
+async def ai_entries(conn: Connection, prompt_hashes: Iterable[str]) -> list[asyncpg.Record]:
+    """Cached content of these prompts (rows that saw a miss)."""
+    return await conn.fetch(
+        "SELECT prompt_hash, response, provider, model, cached_at, source_event_id::text"
+        " FROM ai_responses WHERE prompt_hash = ANY($1::text[]) AND cached_at IS NOT NULL",
+        sorted(set(prompt_hashes)),
+    )
+
+
+async def voice_sources(conn: Connection, keys: Iterable[tuple[int, str]]) -> list[asyncpg.Record]:
+    """Which event's audio each clip holds, without reading the audio itself."""
+    pairs = sorted(set(keys))
+    return await conn.fetch(
+        """
+        SELECT v.speaker_id, v.text_hash, v.cached_at, v.source_event_id::text
+        FROM unnest($1::int[], $2::text[]) AS k(speaker_id, text_hash)
+        JOIN voice_clips v USING (speaker_id, text_hash)
+        WHERE v.cached_at IS NOT NULL
+        """,
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+
+
+async def voice_audio(conn: Connection, speaker_id: int, text_hash: str) -> bytes | None:
+    value = await conn.fetchval(
+        "SELECT audio FROM voice_clips WHERE speaker_id = $1 AND text_hash = $2",
+        speaker_id,
+        text_hash,
+    )
+    return bytes(value) if value is not None else None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from streams.projections import Delete, HashWrite, RedisOp
+from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, StringWrite
 
 
 async def write(redis: Redis, ops: Sequence[RedisOp]) -> None:
@@ -22,6 +22,12 @@ async def write(redis: Redis, ops: Sequence[RedisOp]) -> None:
         if isinstance(op, HashWrite):
             pipe.hset(op.key, mapping=op.fields)  # type: ignore[arg-type]
             pipe.pexpireat(op.key, op.expire_at_ms)
+        elif isinstance(op, StringWrite):
+            pipe.set(op.key, op.value, pxat=op.expire_at_ms)
+        elif isinstance(op, SortedSetAdd):
+            pipe.zadd(op.key, op.members)
+            pipe.zremrangebyscore(op.key, "-inf", f"({op.trim_below}")
+            pipe.pexpire(op.key, op.ttl_ms)
         elif isinstance(op, Delete):
             pipe.delete(op.key)
     await pipe.execute()

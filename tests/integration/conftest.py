@@ -16,6 +16,8 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -212,3 +214,54 @@ async def stored_count(pool: asyncpg.Pool, event_ids: list[str]) -> int:
             "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", event_ids
         )
     )
+
+
+@dataclass
+class IsolatedRun:
+    """A worker with a database, Redis db and topics of its own (figures start at 0)."""
+
+    env: dict[str, str]
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    worker: WorkerProcess
+    publisher: EventPublisher
+
+
+@asynccontextmanager
+async def isolated_run(
+    base_env: dict[str, str], name: str, redis_db: int, **extra: str
+) -> AsyncIterator[IsolatedRun]:
+    db = f"rpcache_test_{RUN}_{name}"
+    env = {
+        **base_env,
+        "TOPIC_PREFIX": f"test-{RUN}-{name}.",
+        "APP_ID": f"rpcache-test-{RUN}-{name}",
+        "DATABASE_URL": _with_db(base_env["DATABASE_URL"], db),
+        "REDIS_URL": base_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}",
+        **extra,
+    }
+    settings = Settings(**{k.lower(): v for k, v in env.items()})
+    admin_url = _with_db(get_settings().database_url.get_secret_value(), "postgres")
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    await conn.execute(f'CREATE DATABASE "{db}"')
+    await conn.close()
+    await ensure_topics(settings)
+    pool = await open_pool(settings)
+    redis = Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    await redis.flushdb()
+    worker = WorkerProcess(env, name)
+    worker.start()
+    try:
+        await worker.wait_ready()
+        async with EventPublisher.from_settings(settings) as publisher:
+            yield IsolatedRun(env, settings, pool, redis, worker, publisher)
+    finally:
+        worker.stop()
+        await redis.flushdb()
+        await redis.aclose()
+        await pool.close()
+        conn = await asyncpg.connect(admin_url)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()

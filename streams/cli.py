@@ -50,7 +50,7 @@ def worker(
 def demo(
     users: int = typer.Option(30, help="Concurrent simulated users (the design's phase 3)."),
     sessions_per_user: int = typer.Option(3, help="Sessions each user starts."),
-    events_per_session: int = typer.Option(8, help="Activity/update events per session."),
+    events_per_session: int = typer.Option(8, help="Conversation turns per session."),
     timeout_s: float = typer.Option(120.0, help="Give up waiting for the worker after this."),
 ) -> None:
     """Simulated roleplay traffic through the whole pipeline, then a summary.

@@ -1,22 +1,20 @@
 """`rpcache demo`: simulated roleplay traffic through the whole pipeline.
 
-Starts a worker in a child process, publishes a day of traffic for a few
-dozen users with `EventPublisher` (plus a few malformed messages), waits until
-PostgreSQL holds every event, then prints what landed in PostgreSQL, Redis and
-the dead-letter table, and stops the worker.
+Starts a worker in a child process, runs the simulated roleplay services of
+`streams.simulate` (sessions, LLM turns with Zipf prompts, WAV voice clips,
+a few malformed messages), waits until PostgreSQL holds every event, prints
+what landed where for each family, and stops the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -26,28 +24,21 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.keys import (
-    SESSION_TOPIC,
+    ai_response_key,
+    metrics_key,
     session_key,
     stats_key,
-    topic_name,
     user_state_key,
+    voice_key,
 )
 from streams.publisher import EventPublisher
 from streams.reducers.sessions import business_day
 from streams.runtime import open_pool, open_redis
 from streams.settings import Settings, get_settings
+from streams.simulate import Traffic, simulate
 from streams.topics import ensure_topics
 
 console = Console()
-
-
-@dataclass
-class Traffic:
-    event_ids: list[str] = field(default_factory=list)
-    users: list[str] = field(default_factory=list)
-    open_sessions: list[str] = field(default_factory=list)
-    ended_sessions: list[str] = field(default_factory=list)
-    bad_messages: int = 0
 
 
 def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
@@ -60,49 +51,6 @@ def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env={**os.environ, "WORKER_WEB_ENABLED": "false"},
     )
-
-
-async def publish_traffic(
-    publisher: EventPublisher, run: str, users: int, sessions_per_user: int, events: int
-) -> Traffic:
-    traffic = Traffic()
-    rng = random.Random(7)
-
-    async def one_user(n: int) -> None:
-        user = f"demo-{run}-user{n:03d}"
-        traffic.users.append(user)
-        traffic.event_ids.append(await publisher.user_login(user, preferences={"lang": "ja"}))
-        for s in range(sessions_per_user):
-            sid = await publisher.session_started(
-                user,
-                speaker_id=rng.randrange(0, 12),
-                scenario_id=f"scenario-{s % 4}",
-                conversation_context={"scene": "cafe", "turn": 0},
-            )
-            for turn in range(events):
-                if turn % 3 == 2:
-                    eid = await publisher.session_updated(
-                        user, sid, conversation_context={"scene": "cafe", "turn": turn}
-                    )
-                else:
-                    eid = await publisher.session_activity(
-                        user, sid, performance_stats={"latency_ms": rng.randrange(40, 400)}
-                    )
-                traffic.event_ids.append(eid)
-            last = s == sessions_per_user - 1
-            if last and n % 2 == 0:
-                traffic.open_sessions.append(sid)  # half the users stay in a session
-            else:
-                traffic.event_ids.append(await publisher.session_ended(user, sid, reason="done"))
-                traffic.ended_sessions.append(sid)
-
-    await asyncio.gather(*(one_user(n) for n in range(users)))
-    # A few malformed messages: they must land in dead letters, not crash anything.
-    topic = topic_name(publisher.topic_prefix, SESSION_TOPIC)
-    for bad in (b"{not json", b'{"type": "session.started"}', b'{"type": "party.time"}'):
-        await publisher.publish_raw(topic, b"demo", bad)
-        traffic.bad_messages += 1
-    return traffic
 
 
 async def wait_stored(
@@ -132,7 +80,7 @@ async def run_demo(users: int, sessions_per_user: int, events: int, timeout_s: f
     try:
         started = time.monotonic()
         async with EventPublisher.from_settings(settings) as publisher:
-            traffic = await publish_traffic(publisher, run, users, sessions_per_user, events)
+            traffic = await simulate(publisher, redis, run, users, sessions_per_user, events)
         published_s = time.monotonic() - started
         stored = await wait_stored(pool, traffic.event_ids, timeout_s, worker)
         if worker.poll() is not None:
@@ -160,38 +108,71 @@ async def summarise(
     published_s: float,
     landed_s: float,
 ) -> bool:
+    """Print what landed where, family by family; True when everything is there."""
+    t = traffic
     today: date = business_day(datetime.now(settings.tz), settings.tz)
-    open_in_redis = sum([await redis.exists(session_key(s)) for s in traffic.open_sessions])
-    ended_in_redis = sum([await redis.exists(session_key(s)) for s in traffic.ended_sessions])
-    user_keys = sum([await redis.exists(user_state_key(u)) for u in traffic.users])
-    sample_user = await redis.hgetall(user_state_key(traffic.users[0]))
-    stats = await redis.hgetall(stats_key(today))
+
+    async def present(keys: list[str]) -> int:
+        return sum([await redis.exists(k) for k in keys])
+
+    open_in_redis = await present([session_key(s) for s in t.open_sessions])
+    ended_in_redis = await present([session_key(s) for s in t.ended_sessions])
+    user_keys = await present([user_state_key(u) for u in t.users])
+    ai_keys = await present([ai_response_key(p) for p in t.prompts])
+    voice_keys = await present([voice_key(s, text) for s, text in t.voices])
     dead = await pool.fetchval(
-        "SELECT count(*) FROM dead_letters WHERE message_key = 'demo'::bytea"
+        "SELECT count(*) FROM dead_letters WHERE message_key = $1", f"demo-{t.run}".encode()
     )
-    table = Table(title="What landed where")
-    table.add_column("check")
-    table.add_column("value", justify="right")
-    table.add_column("expected", justify="right")
-    rows = [
-        ("events published", len(traffic.event_ids), len(traffic.event_ids)),
-        ("events stored in PostgreSQL", stored, len(traffic.event_ids)),
-        ("open sessions with session:{id} in Redis", open_in_redis, len(traffic.open_sessions)),
-        ("ended sessions still in Redis", ended_in_redis, 0),
-        ("user:{id}:state keys", user_keys, len(traffic.users)),
-        ("malformed messages dead-lettered (all runs)", dead, f">= {traffic.bad_messages}"),
-    ]
-    ok = stored == len(traffic.event_ids) and open_in_redis == len(traffic.open_sessions)
-    ok = ok and ended_in_redis == 0 and user_keys == len(traffic.users)
-    for name, value, expected in rows:
-        table.add_row(name, str(value), str(expected))
+    ai_rate = t.ai_hits / max(1, t.ai_hits + t.ai_misses)
+    voice_rate = t.voice_hits / max(1, t.voice_hits + t.voice_misses)
+    checks: list[tuple[str, str, object, object]] = [
+        ("all", "events stored in PostgreSQL", stored, len(t.event_ids)),
+        ("sessions", "session events published", t.session_events, t.session_events),
+        ("sessions", "open sessions with session:{id}", open_in_redis, len(t.open_sessions)),
+        ("sessions", "ended sessions left in Redis", ended_in_redis, 0),
+        ("sessions", "user:{id}:state keys", user_keys, len(t.users)),
+        ("inference", "ai.response hits / misses / failed",
+         f"{t.ai_hits} / {t.ai_misses} / {t.ai_failed}", f"hit rate {ai_rate:.0%}"),
+        ("inference", "ai_response:{H(prompt)} keys", ai_keys, len(t.prompts)),
+        ("synthesis", "voice hits / misses / failed",
+         f"{t.voice_hits} / {t.voice_misses} / {t.voice_failed}", f"hit rate {voice_rate:.0%}"),
+        ("synthesis", "voice:{speaker}:{H(text)} keys", voice_keys, len(t.voices)),
+        ("synthesis", "WAV audio published (KiB)", t.audio_bytes // 1024, "-"),
+        ("dead letters", "malformed messages dead-lettered", dead, t.bad_messages),
+    ]  # fmt: skip
+    table = Table(title=f"rpcache demo {t.run}: what landed where")
+    for column in ("family", "check", "value", "expected"):
+        table.add_column(column, justify="right" if column in ("value", "expected") else "left")
+    for family, name, value, expected in checks:
+        table.add_row(family, name, str(value), str(expected))
     console.print(table)
-    console.print(f"{stats_key(today)} = {_decode(stats)}")
-    console.print(f"{user_state_key(traffic.users[0])} = {_decode(sample_user)}")
-    rate = len(traffic.event_ids) / landed_s if landed_s else 0.0
+
+    metrics = Table(title="metrics sorted sets (members now)")
+    metrics.add_column("key")
+    metrics.add_column("members", justify="right")
+    for metric in ("response_time", "synthesis_time"):
+        for window in ("1m", "5m", "1h"):
+            key = metrics_key(metric, window)
+            metrics.add_row(key, str(await redis.zcard(key)))
+    console.print(metrics)
+    stats = _decode(await redis.hgetall(stats_key(today)))
+    console.print(f"{stats_key(today)} (all runs today) = {stats}")
     console.print(
-        f"published in {published_s:.1f} s; all stored and projected after {landed_s:.1f} s"
-        f" ({rate:.0f} events/s end to end, publisher awaiting each ack)"
+        f"{user_state_key(t.users[0])} = {_decode(await redis.hgetall(user_state_key(t.users[0])))}"
+    )
+    rate = len(t.event_ids) / landed_s if landed_s else 0.0
+    console.print(
+        f"{len(t.event_ids)} events published in {published_s:.1f} s (each awaited, as a service"
+        f" would); all stored and projected after {landed_s:.1f} s ({rate:.0f} events/s)"
+    )
+    ok = (
+        stored == len(t.event_ids)
+        and open_in_redis == len(t.open_sessions)
+        and ended_in_redis == 0
+        and user_keys == len(t.users)
+        and ai_keys == len(t.prompts)
+        and voice_keys == len(t.voices)
+        and dead == t.bad_messages
     )
     console.print("[green]demo OK[/]" if ok else "[red]demo FAILED: see the table above[/]")
     return ok

@@ -207,6 +207,15 @@ async def lock_sessions(conn: Connection, session_ids: Iterable[str]) -> dict[st
     return {r[0]: _session(r) for r in rows}
 
 
+async def load_sessions(conn: Connection, session_ids: Iterable[str]) -> dict[str, SessionState]:
+    """Read sessions without locking (readers, replay)."""
+    rows = await conn.fetch(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ANY($1::uuid[])",
+        list(set(session_ids)),
+    )
+    return {r[0]: _session(r) for r in rows}
+
+
 async def lock_idle_sessions(
     conn: Connection, idle_since: datetime, limit: int
 ) -> dict[str, SessionState]:
@@ -231,6 +240,14 @@ async def lock_users(conn: Connection, user_ids: Iterable[str]) -> dict[str, Use
         f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ANY($1::text[])"
         " ORDER BY user_id FOR UPDATE",
         sorted(set(user_ids)),
+    )
+    return {r[0]: _user(r) for r in rows}
+
+
+async def load_users(conn: Connection, user_ids: Iterable[str]) -> dict[str, UserState]:
+    """Read users without locking (readers, replay)."""
+    rows = await conn.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ANY($1::text[])", list(set(user_ids))
     )
     return {r[0]: _user(r) for r in rows}
 

@@ -53,7 +53,7 @@ def _uuid_text(value: str) -> str:
     return str(uuid.UUID(value))
 
 
-def _rfc3339(value: object) -> datetime:
+def parse_rfc3339(value: object) -> datetime:
     """Parse an RFC 3339 timestamp that carries its offset; normalise to UTC."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -81,7 +81,7 @@ UserId = Annotated[str, Field(strict=True, pattern=USER_ID_PATTERN)]
 ScenarioId = UserId
 Timestamp = Annotated[
     datetime,
-    BeforeValidator(_rfc3339),
+    BeforeValidator(parse_rfc3339),
     PlainSerializer(format_utc, return_type=str),
 ]
 SpeakerId = Annotated[int, Field(strict=True, ge=0, le=MAX_INT32)]

@@ -20,6 +20,10 @@ AI_RESPONSE_TTL: Final = timedelta(hours=1)
 VOICE_TTL: Final = timedelta(hours=24)
 METRICS_TTL: Final = timedelta(minutes=5)
 STATS_TTL: Final = timedelta(hours=24)
+SCENARIO_CONTEXT_TTL: Final = timedelta(hours=1)
+"""Warm-up's popular scenario contexts live as long as cached AI responses."""
+SENTINEL_TTL: Final = timedelta(hours=24)
+"""The data-loss sentinel; refreshed by the worker far more often than this."""
 
 MetricName = Literal["response_time", "synthesis_time"]
 MetricWindow = Literal["1m", "5m", "1h"]
@@ -74,6 +78,15 @@ def metrics_key(metric: MetricName, window: MetricWindow) -> str:
 
 def stats_key(day: date) -> str:
     return f"stats:realtime:{day.isoformat()}"
+
+
+def scenario_context_key(scenario_id: str) -> str:
+    """Warm-up's copy of a popular scenario's conversation context (JSON)."""
+    return f"scenario:{scenario_id}:context"
+
+
+SENTINEL_KEY: Final = "rpcache:sentinel"
+"""Present while Redis holds rpcache's projection; its absence means data loss."""
 
 
 # --- time helpers -------------------------------------------------------------

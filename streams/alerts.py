@@ -185,7 +185,7 @@ class AlertEngine:
                 "SELECT rule, firing FROM alert_state")}  # fmt: skip
         alerts = transitions(self.rules, readings, state, now)
         for alert in alerts:
-            await self._announce(alert)
+            await self.announce(alert)
         return alerts
 
     async def _pg_readings(self, now: datetime) -> dict[str, Reading]:
@@ -215,7 +215,8 @@ class AlertEngine:
             readings["redis_memory_ratio"] = Reading(int(memory["used_memory"]) / maxmemory)
         return readings
 
-    async def _announce(self, alert: Alert) -> None:
+    async def announce(self, alert: Alert) -> None:
+        """Log and publish `alert`, and remember its state (also for non-rule events)."""
         logger = log.error if alert.level == "CRITICAL" else log.warning
         logger(
             "ALERT %s %s %s: %s=%.4g (threshold %s)",

@@ -23,6 +23,7 @@ from schemas.keys import (
 )
 from streams.runtime import Runtime
 from streams.settings import get_settings
+from streams.warmup import warmup
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -40,6 +41,11 @@ class RpcacheApp(faust.App):
         await super().on_first_start()
         self.runtime = await Runtime.start(settings, self._publish)
         log.info("rpcache worker configured: %s", settings.redacted())
+        if settings.warmup_on_start:
+            try:
+                await warmup(self.runtime.pool, self.runtime.redis, settings.warmup_top_n)
+            except Exception:  # warm-up is an optimisation; the worker starts regardless
+                log.exception("warm-up at start failed")
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
         await self.producer.send_and_wait(
@@ -111,6 +117,17 @@ async def evaluate_alerts() -> None:
         await engine.evaluate(datetime.now(UTC), time.monotonic())
     except Exception:  # the figures are unreachable now; the next tick tries again
         log.exception("alert evaluation failed")
+
+
+@app.timer(interval=settings.redis_watch_interval_s, on_leader=True)
+async def watch_redis() -> None:
+    """Rebuild Redis from PostgreSQL by itself after it lost its data."""
+    if not settings.auto_rebuild:
+        return
+    try:
+        await app.runtime.watch.check()
+    except Exception as exc:  # Redis unreachable: the next tick looks again
+        log.warning("Redis watch could not check the sentinel: %r", exc)
 
 
 @app.timer(interval=30.0)

@@ -3,6 +3,8 @@
 rpcache stack up        start Kafka, Redis and PostgreSQL on 127.0.0.1
 rpcache worker          run the stream processor (Faust)
 rpcache demo            simulated roleplay traffic end to end, with a summary
+rpcache replay          rebuild Redis from PostgreSQL (all or some families, rate-limited)
+rpcache warmup          load the most used entries into Redis
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections import Counter
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import typer
 
 from streams.stack.cli import stack_app
+
+if TYPE_CHECKING:
+    from streams.replay import ReplaySummary
 
 cli = typer.Typer(
     help="rpcache: Kafka → Faust → Redis + PostgreSQL cache for voice role-play.",
@@ -65,6 +73,98 @@ def demo(
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves on new topics
     code = asyncio.run(run_demo(users, sessions_per_user, events_per_session, timeout_s))
     raise typer.Exit(code)
+
+
+@cli.command()
+def replay(
+    family: str = typer.Option(
+        "all",
+        "--family",
+        "-f",
+        help="Comma-separated families: sessions,users,ai,voice,metrics,stats (or all).",
+    ),
+    since: str | None = typer.Option(
+        None, help="Only entries active since this RFC 3339 time, e.g. 2025-01-30T09:00:00Z."
+    ),
+    rate: str | None = typer.Option(
+        None, help="Keys per second, e.g. 500/s, for a gradual rebuild (default: unlimited)."
+    ),
+) -> None:
+    """Rebuild Redis keys from PostgreSQL (the source of truth).
+
+    Each key gets its remaining TTL; keys whose TTL has run out are not
+    recreated. Idempotent: a second run, or a run while the worker is live,
+    leaves the same state. Shows a progress bar on a terminal, log lines
+    otherwise, and a summary at the end.
+    """
+    from schemas.events import parse_rfc3339
+    from streams.replay import parse_families, parse_rate
+
+    try:
+        families, per_s = parse_families(family), parse_rate(rate)
+        since_at = parse_rfc3339(since) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    summary = asyncio.run(_replay(families, since_at, per_s))
+    _print_summary(summary)
+
+
+async def _replay(families: list[str], since: datetime | None, rate: float | None) -> ReplaySummary:
+    from streams.replay import replay as run
+    from streams.runtime import open_pool, open_redis
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    pool = await open_pool(settings)
+    redis = open_redis(settings)
+    try:
+        return await run(pool, redis, settings, families, since, rate)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def _print_summary(summary: ReplaySummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"replay: {summary.seconds:.1f} s")
+    for column in ("family", "keys written", "skipped (expired)"):
+        table.add_column(column, justify="left" if column == "family" else "right")
+    for name in sorted(set(summary.written) | set(summary.expired)):
+        table.add_row(name, str(summary.written[name]), str(summary.expired[name]))
+    Console().print(table)
+
+
+@cli.command()
+def warmup(
+    top: int | None = typer.Option(None, help="Entries per family (default: WARMUP_TOP_N)."),
+) -> None:
+    """Load the most used AI responses, voice clips and scenario contexts into Redis.
+
+    Ranked by use count in PostgreSQL; each gets its family's full TTL.
+    """
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    loaded = asyncio.run(_warmup(settings.warmup_top_n if top is None else top))
+    typer.echo(", ".join(f"{name}: {n}" for name, n in sorted(loaded.items())))
+
+
+async def _warmup(top: int) -> Counter[str]:
+    from streams.runtime import open_pool, open_redis
+    from streams.settings import get_settings
+    from streams.warmup import warmup as run
+
+    settings = get_settings()
+    pool = await open_pool(settings)
+    redis = open_redis(settings)
+    try:
+        return await run(pool, redis, top)
+    finally:
+        await redis.aclose()
+        await pool.close()
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from schemas.keys import (
     AI_RESPONSE_TTL,
     METRIC_WINDOWS,
     METRICS_TTL,
+    SCENARIO_CONTEXT_TTL,
     SESSION_TTL,
     STATS_TTL,
     USER_STATE_TTL,
@@ -28,6 +29,7 @@ from schemas.keys import (
     epoch_ms,
     format_utc,
     metrics_key,
+    scenario_context_key,
     session_key,
     stats_key,
     user_state_key,
@@ -136,11 +138,20 @@ def _number_text(value: int | float) -> str:
 
 
 def project_ai_response(
-    prompt_hash: str, response: str, provider: str, model: str, cached_at: datetime, now: datetime
+    prompt_hash: str,
+    response: str,
+    provider: str,
+    model: str,
+    cached_at: datetime,
+    now: datetime,
+    ttl_from: datetime | None = None,
 ) -> RedisOp:
-    """`ai_response:{H(prompt)}`: the JSON of SPEC §4, 1 h after the miss that cached it."""
+    """`ai_response:{H(prompt)}`: the JSON of SPEC §4, 1 h after the miss that cached it.
+
+    `ttl_from` starts the hour elsewhere (warm-up loads popular entries afresh).
+    """
     key = ai_response_key_for_hash(prompt_hash)
-    expires = cached_at + AI_RESPONSE_TTL
+    expires = (ttl_from or cached_at) + AI_RESPONSE_TTL
     if expires <= now:
         return Delete(key)
     value = orjson.dumps(
@@ -156,11 +167,16 @@ def project_ai_response(
 
 
 def project_voice(
-    speaker_id: int, text_hash: str, audio_b64: str, cached_at: datetime, now: datetime
+    speaker_id: int,
+    text_hash: str,
+    audio_b64: str,
+    cached_at: datetime,
+    now: datetime,
+    ttl_from: datetime | None = None,
 ) -> RedisOp:
     """`voice:{speaker_id}:{H(text)}` = the base64 audio, 24 h after the miss."""
     key = voice_key_for_hash(speaker_id, text_hash)
-    expires = cached_at + VOICE_TTL
+    expires = (ttl_from or cached_at) + VOICE_TTL
     if expires <= now:
         return Delete(key)
     return StringWrite(key, audio_b64, epoch_ms(expires))
@@ -216,3 +232,15 @@ def stats_fields(
 
 def _ratio(part: float, whole: int) -> float:
     return part / whole if whole else 0.0
+
+
+def project_scenario_context(
+    scenario_id: str, context: dict[str, Any], sessions: int, now: datetime
+) -> RedisOp:
+    """`scenario:{id}:context`: a popular scenario's latest context, loaded by warm-up."""
+    value = orjson.dumps(
+        {"scenario_id": scenario_id, "conversation_context": context, "sessions": sessions}
+    ).decode()
+    return StringWrite(
+        scenario_context_key(scenario_id), value, epoch_ms(now + SCENARIO_CONTEXT_TTL)
+    )

@@ -21,7 +21,7 @@ from schemas.keys import (
     topic_name,
 )
 from streams import deadletters
-from streams.alerts import AlertEngine
+from streams.alerts import Alert, AlertEngine
 from streams.families.base import Family
 from streams.families.caches import CacheFamily
 from streams.families.sessions import SessionFamily
@@ -30,6 +30,7 @@ from streams.health import ConnectionHealth
 from streams.migrate import migrate
 from streams.pipeline import BatchPipeline
 from streams.projections import RedisOp
+from streams.rebuild import Announce, RedisWatch
 from streams.retry import until_done
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
@@ -77,6 +78,7 @@ class Runtime:
     synthesis: BatchPipeline
     health: ConnectionHealth
     alerts: AlertEngine
+    watch: RedisWatch
 
     @classmethod
     async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:
@@ -116,6 +118,7 @@ class Runtime:
             synthesis=pipeline(CacheFamily(SYNTHESIS_TOPIC, stats)),
             health=health,
             alerts=alerts,
+            watch=RedisWatch(pool, redis, settings, _rebuild_announcer(alerts)),
         )
 
     async def sweep_idle_sessions(self) -> int:
@@ -136,3 +139,22 @@ class Runtime:
     async def close(self) -> None:
         await self.redis.aclose()
         await self.pool.close()
+
+
+def _rebuild_announcer(alerts: AlertEngine) -> Announce:
+    """Rebuild start/end as alerts: rule `redis_rebuild`, value = keys written."""
+
+    async def announce(state: str, keys: float) -> None:
+        await alerts.announce(
+            Alert(
+                "redis_rebuild",
+                "firing" if state == "firing" else "resolved",
+                "WARNING",
+                "redis_keys_rebuilt",
+                keys,
+                0.0,
+                datetime.now(UTC),
+            )
+        )
+
+    return announce

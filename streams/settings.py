@@ -54,6 +54,23 @@ class Settings(BaseSettings):
     alert_min_samples: int = Field(20, ge=1)
     alert_interval_s: float = Field(10.0, gt=0)
 
+    # --- recovery ------------------------------------------------------------
+    auto_rebuild: bool = True
+    """Rebuild Redis from PostgreSQL by itself when Redis lost its data."""
+    redis_watch_interval_s: float = Field(5.0, gt=0)
+    rebuild_rate: float = Field(2000.0, gt=0)
+    """Keys per second of the automatic rebuild (replay takes --rate)."""
+    warmup_top_n: int = Field(100, ge=1)
+    warmup_on_start: bool = False
+
+    # --- read library (streams/reader.py) ---------------------------------------
+    read_timeout_ms: int = Field(50, ge=1)
+    """Budget of one Redis read; past it the read is answered from PostgreSQL."""
+    breaker_fail_max: int = Field(5, ge=1)
+    """Consecutive Redis failures or timeouts that open the reader's circuit breaker."""
+    breaker_reset_s: float = Field(5.0, gt=0)
+    """How long an open breaker skips Redis before one probe read tries it again."""
+
     # --- worker web server (Faust's own) -----------------------------------
     worker_web_enabled: bool = True
     worker_web_port: int = 6066

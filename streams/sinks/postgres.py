@@ -155,12 +155,12 @@ async def record_positions(
 
 
 # --- sessions and users -----------------------------------------------------------
-_SESSION_COLUMNS = """session_id::text, user_id, status, speaker_id, scenario_id,
+SESSION_COLUMNS = """session_id::text, user_id, status, speaker_id, scenario_id,
     conversation_context::text, performance_stats::text, started_at, business_day,
     last_activity, ended_at, end_reason, version"""
 
 
-def _session(row: asyncpg.Record) -> SessionState:
+def session_from_row(row: asyncpg.Record) -> SessionState:
     return SessionState(
         session_id=row[0],
         user_id=row[1],
@@ -178,7 +178,7 @@ def _session(row: asyncpg.Record) -> SessionState:
     )
 
 
-def _user(row: asyncpg.Record) -> UserState:
+def user_from_row(row: asyncpg.Record) -> UserState:
     return UserState(
         user_id=row[0],
         current_session_id=row[1],
@@ -200,20 +200,20 @@ def _text(value: dict[str, Any] | None) -> str | None:
 async def lock_sessions(conn: Connection, session_ids: Iterable[str]) -> dict[str, SessionState]:
     """Load sessions for update, in id order so two workers cannot deadlock."""
     rows = await conn.fetch(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ANY($1::uuid[])"
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ANY($1::uuid[])"
         " ORDER BY session_id FOR UPDATE",
         sorted(set(session_ids)),
     )
-    return {r[0]: _session(r) for r in rows}
+    return {r[0]: session_from_row(r) for r in rows}
 
 
 async def load_sessions(conn: Connection, session_ids: Iterable[str]) -> dict[str, SessionState]:
     """Read sessions without locking (readers, replay)."""
     rows = await conn.fetch(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ANY($1::uuid[])",
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ANY($1::uuid[])",
         list(set(session_ids)),
     )
-    return {r[0]: _session(r) for r in rows}
+    return {r[0]: session_from_row(r) for r in rows}
 
 
 async def lock_idle_sessions(
@@ -221,35 +221,35 @@ async def lock_idle_sessions(
 ) -> dict[str, SessionState]:
     """Open sessions whose last activity is older than `idle_since`."""
     rows = await conn.fetch(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions"
+        f"SELECT {SESSION_COLUMNS} FROM sessions"
         " WHERE status IN ('active', 'paused') AND last_activity <= $1"
         " ORDER BY session_id LIMIT $2 FOR UPDATE SKIP LOCKED",
         idle_since,
         limit,
     )
-    return {r[0]: _session(r) for r in rows}
+    return {r[0]: session_from_row(r) for r in rows}
 
 
-_USER_COLUMNS = (
+USER_COLUMNS = (
     "user_id, current_session_id::text, last_login, preferences::text, last_seen, version"
 )
 
 
 async def lock_users(conn: Connection, user_ids: Iterable[str]) -> dict[str, UserState]:
     rows = await conn.fetch(
-        f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ANY($1::text[])"
+        f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ANY($1::text[])"
         " ORDER BY user_id FOR UPDATE",
         sorted(set(user_ids)),
     )
-    return {r[0]: _user(r) for r in rows}
+    return {r[0]: user_from_row(r) for r in rows}
 
 
 async def load_users(conn: Connection, user_ids: Iterable[str]) -> dict[str, UserState]:
     """Read users without locking (readers, replay)."""
     rows = await conn.fetch(
-        f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ANY($1::text[])", list(set(user_ids))
+        f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ANY($1::text[])", list(set(user_ids))
     )
-    return {r[0]: _user(r) for r in rows}
+    return {r[0]: user_from_row(r) for r in rows}
 
 
 async def save_sessions(conn: Connection, sessions: Iterable[SessionState]) -> None:

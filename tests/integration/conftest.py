@@ -25,6 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streams.publisher import EventPublisher
 from streams.runtime import open_pool
@@ -35,6 +38,16 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 RUN = uuid.uuid4().hex[:8]
 LOG_DIR = Path(".cache/test-logs")
+
+
+def test_redis(url: str) -> Redis:
+    """A client that reconnects by itself: some tests really restart Redis."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=1.0), retries=20),
+        retry_on_error=[RedisConnectionError],
+    )
 
 
 def _with_db(url: str, db: str) -> str:
@@ -89,7 +102,7 @@ async def pool(settings: Settings, database: None) -> AsyncIterator[asyncpg.Pool
 
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    client = test_redis(settings.redis_url.get_secret_value())
     await client.flushdb()
     yield client
     await client.flushdb()
@@ -249,7 +262,7 @@ async def isolated_run(
     await conn.close()
     await ensure_topics(settings)
     pool = await open_pool(settings)
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    redis = test_redis(settings.redis_url.get_secret_value())
     await redis.flushdb()
     worker = WorkerProcess(env, name)
     worker.start()

@@ -8,6 +8,7 @@ dead letter instead of a Faust deserialisation crash.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +22,10 @@ from schemas.keys import (
     SYNTHESIS_TOPIC,
     topic_name,
 )
-from streams.runtime import Runtime
+from streams.runtime import Runtime, processed_positions
 from streams.settings import get_settings
 from streams.warmup import warmup
+from streams.watchdog import EXIT_STALLED
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -128,6 +130,39 @@ async def watch_redis() -> None:
         await app.runtime.watch.check()
     except Exception as exc:  # Redis unreachable: the next tick looks again
         log.warning("Redis watch could not check the sentinel: %r", exc)
+
+
+@app.timer(interval=settings.watchdog_interval_s)
+async def consumer_watchdog() -> None:
+    """Exit for the supervisor when owned partitions stop moving while lag grows."""
+    if not settings.watchdog_stall_s:
+        return
+    runtime = app.runtime
+    sources = {
+        session_topic.get_topic_name(),
+        inference_topic.get_topic_name(),
+        synthesis_topic.get_topic_name(),
+    }
+    assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in sources]
+    if not assigned:
+        return
+    try:
+        ends = await runtime.end_offsets(assigned)
+        positions = await processed_positions(runtime.pool, settings.app_id)
+    except Exception as exc:  # the broker or the database is away: not a stall of ours
+        log.info("watchdog: cannot read offsets now: %r", exc)
+        return
+    retrying = any(p.retrying for p in (runtime.sessions, runtime.inference, runtime.synthesis))
+    stalls = runtime.watchdog.observe(assigned, ends, positions, retrying)
+    if stalls:
+        log.error(
+            "watchdog: consumer stalled (%s); exiting with status %d so the supervisor"
+            " restarts the worker from the committed offsets",
+            "; ".join(s.describe() for s in stalls),
+            EXIT_STALLED,
+        )
+        logging.shutdown()
+        os._exit(EXIT_STALLED)
 
 
 @app.timer(interval=30.0)

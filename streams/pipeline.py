@@ -108,6 +108,8 @@ class BatchPipeline:
         self.max_audio_bytes = max_audio_bytes
         self.max_backoff_s = max_backoff_s
         self.health = health or ConnectionHealth()
+        self.retrying = False
+        """True while a batch waits for Redis or PostgreSQL to come back."""
         self.on_batch = on_batch
         self.clock = clock
 
@@ -131,6 +133,7 @@ class BatchPipeline:
                     outcome.dead_letters += sub.dead_letters
                     outcome.redis_ops += sub.redis_ops
                     outcome.retries += sub.retries
+        self.retrying = False
         if self.on_batch is not None:
             self.on_batch(outcome)
         return outcome
@@ -142,6 +145,7 @@ class BatchPipeline:
 
         def count_retry() -> None:
             outcome.retries += 1
+            self.retrying = True
 
         # 2. persist (one transaction)
         persisted = await until_done(

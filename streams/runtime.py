@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from schemas.keys import (
@@ -35,6 +36,7 @@ from streams.retry import until_done
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
 from streams.topics import ensure_topics
+from streams.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class Runtime:
     health: ConnectionHealth
     alerts: AlertEngine
     watch: RedisWatch
+    watchdog: Watchdog
+    _offsets_client: AIOKafkaConsumer | None = None
 
     @classmethod
     async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:
@@ -119,6 +123,7 @@ class Runtime:
             health=health,
             alerts=alerts,
             watch=RedisWatch(pool, redis, settings, _rebuild_announcer(alerts)),
+            watchdog=Watchdog(settings.watchdog_stall_s),
         )
 
     async def sweep_idle_sessions(self) -> int:
@@ -136,7 +141,20 @@ class Runtime:
         )
         return len(ops)
 
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Kafka's end offsets of `partitions`, from a client outside the consumer group."""
+        if self._offsets_client is None:
+            client = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_servers, enable_auto_commit=False
+            )
+            await client.start()
+            self._offsets_client = client
+        ends = await self._offsets_client.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
     async def close(self) -> None:
+        if self._offsets_client is not None:
+            await self._offsets_client.stop()
         await self.redis.aclose()
         await self.pool.close()
 
@@ -158,3 +176,13 @@ def _rebuild_announcer(alerts: AlertEngine) -> Announce:
         )
 
     return announce
+
+
+async def processed_positions(pool: asyncpg.Pool, group: str) -> dict[tuple[str, int], int]:
+    """Last offset per partition stored with its state (the watchdog's "done")."""
+    rows = await pool.fetch(
+        "SELECT topic, kafka_partition, kafka_offset FROM consumer_positions"
+        " WHERE consumer_group = $1",
+        group,
+    )
+    return {(r["topic"], r["kafka_partition"]): r["kafka_offset"] for r in rows}

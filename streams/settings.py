@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     breaker_reset_s: float = Field(5.0, gt=0)
     """How long an open breaker skips Redis before one probe read tries it again."""
 
+    # --- consumer watchdog ------------------------------------------------------
+    watchdog_stall_s: float = Field(120.0, ge=0)
+    """Exit (status 75) when owned partitions have lag and no progress this long; 0 = off."""
+    watchdog_interval_s: float = Field(5.0, gt=0)
+
     # --- worker web server (Faust's own) -----------------------------------
     worker_web_enabled: bool = True
     worker_web_port: int = 6066

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK := $(BIN)/python -m streams.stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: venv setup stack-up stack-down stack-status test test-unit demo lint
+.PHONY: venv setup stack-up stack-down stack-status test test-unit chaos demo lint
 
 venv: $(STAMP)
 
@@ -32,9 +32,13 @@ stack-status: venv
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
 test: stack-up
-	@rc=0; $(BIN)/pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; \
 	exit $$rc
+
+# Kills and restarts the worker, Kafka, Redis and PostgreSQL under load (minutes).
+chaos: stack-up
+	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration and not chaos" $(PYTEST_ARGS)

@@ -278,8 +278,6 @@ def decode_event(
     if not isinstance(obj, dict):
         return Rejection(RejectReason.NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
     event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
-    if b"\\u0000" in raw and _contains_nul(obj):
-        return Rejection(RejectReason.NUL_CHARACTER, "strings may not contain U+0000", event_id)
     kind = obj.get("type")
     if not isinstance(kind, str) or kind not in TOPIC_OF_TYPE:
         return Rejection(RejectReason.UNKNOWN_TYPE, f"unknown event type {kind!r:.80}", event_id)
@@ -293,6 +291,9 @@ def decode_event(
         event = _ADAPTER.validate_python(obj)
     except ValidationError as exc:
         return Rejection(RejectReason.INVALID_FIELDS, _describe(exc), event_id)
+    if b"\\u0000" in raw and _contains_nul(event.model_dump()):
+        # PostgreSQL cannot store U+0000; unknown fields are dropped, so only ours count.
+        return Rejection(RejectReason.NUL_CHARACTER, "strings may not contain U+0000", event_id)
     if (
         max_audio_bytes is not None
         and isinstance(event, VoiceSynthesized)

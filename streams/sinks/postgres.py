@@ -387,97 +387,76 @@ async def touch_stats_days(conn: Connection, days: Iterable[date]) -> dict[date,
 # --- AI responses and voice clips ---------------------------------------------------
 async def upsert_ai_entries(conn: Connection, entries: Sequence[AiEntry]) -> None:
     """Count uses; keep the content of the latest miss (by occurred_at)."""
-    if not entries:
-        return
-    await conn.executemany(
-        """
-        INSERT INTO ai_responses (prompt_hash, prompt, response, provider, model, cached_at,
-                                  source_event_id, use_count, hit_count, last_used_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-        ON CONFLICT (prompt_hash) DO UPDATE SET
-            use_count = ai_responses.use_count + EXCLUDED.use_count,
-            hit_count = ai_responses.hit_count + EXCLUDED.hit_count,
-            last_used_at = GREATEST(ai_responses.last_used_at, EXCLUDED.last_used_at),
-            response = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
-                              OR ai_responses.cached_at IS NULL
-                            THEN COALESCE(EXCLUDED.response, ai_responses.response)
-                            ELSE ai_responses.response END,
-            provider = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
-                              OR ai_responses.cached_at IS NULL
-                            THEN COALESCE(EXCLUDED.provider, ai_responses.provider)
-                            ELSE ai_responses.provider END,
-            model = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
-                           OR ai_responses.cached_at IS NULL
-                         THEN COALESCE(EXCLUDED.model, ai_responses.model)
-                         ELSE ai_responses.model END,
-            source_event_id = CASE WHEN EXCLUDED.cached_at >= ai_responses.cached_at
-                                     OR ai_responses.cached_at IS NULL
-                                   THEN COALESCE(EXCLUDED.source_event_id,
-                                                 ai_responses.source_event_id)
-                                   ELSE ai_responses.source_event_id END,
-            cached_at = GREATEST(ai_responses.cached_at, EXCLUDED.cached_at)
-        """,
-        [
-            (
-                e.prompt_hash,
-                e.prompt,
-                e.response,
-                e.provider,
-                e.model,
-                e.cached_at,
-                e.source_event_id,
-                e.uses,
-                e.hits,
-                e.last_used_at,
-            )
-            for e in entries
-        ],
+    await _upsert_cache(
+        conn,
+        "ai_responses",
+        ("prompt_hash",),
+        ("prompt",),
+        ("response", "provider", "model"),
+        [((e.prompt_hash,), (e.prompt,), (e.response, e.provider, e.model), e) for e in entries],
     )
 
 
 async def upsert_voice_entries(conn: Connection, entries: Sequence[VoiceEntry]) -> None:
     """Count uses; keep the audio of the latest miss (by occurred_at)."""
-    if not entries:
+    await _upsert_cache(
+        conn,
+        "voice_clips",
+        ("speaker_id", "text_hash"),
+        ("text",),
+        ("audio", "audio_format"),
+        [((e.speaker_id, e.text_hash), (e.text,), (e.audio, e.audio_format), e) for e in entries],
+    )
+
+
+async def _upsert_cache(
+    conn: Connection,
+    table: str,
+    key: tuple[str, ...],
+    fixed: tuple[str, ...],
+    content: tuple[str, ...],
+    rows: Sequence[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], AiEntry | VoiceEntry]],
+) -> None:
+    """Two batched statements for a cache table (identifiers are ours, never input).
+
+    1. Every use: insert the entry or add to its use/hit counts.
+    2. Every miss: replace the content unless a later miss already did.
+    """
+    if not rows:
         return
+    cols = (
+        *key,
+        *fixed,
+        *content,
+        "cached_at",
+        "source_event_id",
+        "use_count",
+        "hit_count",
+        "last_used_at",
+    )
+    marks = ", ".join(f"${n}" for n in range(1, len(cols) + 1))
     await conn.executemany(
-        """
-        INSERT INTO voice_clips (speaker_id, text_hash, text, audio, audio_format, cached_at,
-                                 source_event_id, use_count, hit_count, last_used_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-        ON CONFLICT (speaker_id, text_hash) DO UPDATE SET
-            use_count = voice_clips.use_count + EXCLUDED.use_count,
-            hit_count = voice_clips.hit_count + EXCLUDED.hit_count,
-            last_used_at = GREATEST(voice_clips.last_used_at, EXCLUDED.last_used_at),
-            audio = CASE WHEN EXCLUDED.cached_at >= voice_clips.cached_at
-                           OR voice_clips.cached_at IS NULL
-                         THEN COALESCE(EXCLUDED.audio, voice_clips.audio)
-                         ELSE voice_clips.audio END,
-            audio_format = CASE WHEN EXCLUDED.cached_at >= voice_clips.cached_at
-                                  OR voice_clips.cached_at IS NULL
-                                THEN COALESCE(EXCLUDED.audio_format, voice_clips.audio_format)
-                                ELSE voice_clips.audio_format END,
-            source_event_id = CASE WHEN EXCLUDED.cached_at >= voice_clips.cached_at
-                                     OR voice_clips.cached_at IS NULL
-                                   THEN COALESCE(EXCLUDED.source_event_id,
-                                                 voice_clips.source_event_id)
-                                   ELSE voice_clips.source_event_id END,
-            cached_at = GREATEST(voice_clips.cached_at, EXCLUDED.cached_at)
-        """,
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET"
+        f" use_count = {table}.use_count + EXCLUDED.use_count,"
+        f" hit_count = {table}.hit_count + EXCLUDED.hit_count,"
+        f" last_used_at = GREATEST({table}.last_used_at, EXCLUDED.last_used_at)",
         [
-            (
-                e.speaker_id,
-                e.text_hash,
-                e.text,
-                e.audio,
-                e.audio_format,
-                e.cached_at,
-                e.source_event_id,
-                e.uses,
-                e.hits,
-                e.last_used_at,
-            )
-            for e in entries
+            (*k, *f, *c, e.cached_at, e.source_event_id, e.uses, e.hits, e.last_used_at)
+            for k, f, c, e in rows
         ],
+    )
+    misses = [(k, c, e) for k, _, c, e in rows if e.cached_at is not None]
+    if not misses:
+        return
+    n_key, n_content = len(key), len(content)
+    sets = ", ".join(f"{col} = ${n_key + i + 1}" for i, col in enumerate(content))
+    at, source = n_key + n_content + 1, n_key + n_content + 2
+    where = " AND ".join(f"{col} = ${i + 1}" for i, col in enumerate(key))
+    await conn.executemany(
+        f"UPDATE {table} SET {sets}, cached_at = ${at}, source_event_id = ${source}"
+        f" WHERE {where} AND (cached_at IS NULL OR cached_at <= ${at})",
+        [(*k, *c, e.cached_at, e.source_event_id) for k, c, e in misses],
     )
 
 

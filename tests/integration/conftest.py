@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -278,3 +280,33 @@ async def isolated_run(
         conn = await asyncpg.connect(admin_url)
         await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await conn.close()
+
+
+async def read_alerts(
+    settings: Settings, rule: str, want: int, linger_s: float = 2.0
+) -> list[dict[str, Any]]:
+    """Alerts of `rule` on `{prefix}alerts`, once `want` arrived and `linger_s` more passed.
+
+    Lingering shows that nothing else arrives (alerts are sent once per crossing).
+    """
+    consumer = AIOKafkaConsumer(
+        f"{settings.topic_prefix}alerts",
+        bootstrap_servers=settings.kafka_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    seen: list[dict[str, Any]] = []
+    try:
+
+        async def read() -> int:
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                seen.extend(m for m in (orjson.loads(x.value) for x in msgs) if m["rule"] == rule)
+            return len(seen)
+
+        await eventually(read, lambda n: n >= want, timeout_s=30)
+        for _ in range(int(linger_s / 0.5)):
+            await read()
+    finally:
+        await consumer.stop()
+    return seen

@@ -5,19 +5,23 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from schemas import H
 from schemas.keys import ai_response_key, format_utc, metrics_key, stats_key, voice_key
 from streams.publisher import EventPublisher
 from streams.settings import Settings
-from tests.integration.conftest import WorkerProcess, eventually, isolated_run, stored_count
+from tests.integration.conftest import (
+    WorkerProcess,
+    eventually,
+    isolated_run,
+    read_alerts,
+    stored_count,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -275,27 +279,3 @@ async def test_stats_duplicates_and_alerts_in_isolation(test_env: dict[str, str]
         assert alerts[0]["level"] == "WARNING" and alerts[0]["value"] < 0.7
         assert alerts[1]["value"] >= 0.7 and alerts[0]["threshold"] == 0.7
         assert {"rule", "level", "metric", "value", "threshold", "time"} <= alerts[0].keys()
-
-
-async def read_alerts(settings: Settings, rule: str, want: int) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(
-        f"{settings.topic_prefix}alerts",
-        bootstrap_servers=settings.kafka_servers,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    seen: list[dict[str, Any]] = []
-    try:
-
-        async def read() -> int:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                seen.extend(m for m in (orjson.loads(x.value) for x in msgs) if m["rule"] == rule)
-            return len(seen)
-
-        await eventually(read, lambda n: n >= want, timeout_s=30)
-        for _ in range(4):  # two more seconds: nothing else may come (once per crossing)
-            await read()
-    finally:
-        await consumer.stop()
-    return seen

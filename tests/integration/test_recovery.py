@@ -10,7 +10,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from schemas import H
@@ -24,7 +23,13 @@ from schemas.keys import (
 from streams.replay import replay
 from streams.stack import start_service, stop_service
 from streams.warmup import warmup
-from tests.integration.conftest import IsolatedRun, eventually, isolated_run, stored_count
+from tests.integration.conftest import (
+    IsolatedRun,
+    eventually,
+    isolated_run,
+    read_alerts,
+    stored_count,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +144,7 @@ async def test_worker_rebuilds_redis_by_itself_after_a_restart(test_env: dict[st
         del after[SENTINEL_KEY]
         assert_same(before, after, ttl_tolerance_ms=5000)
 
-        alerts = await read_topic(run.settings.topic_prefix + "alerts", run, "redis_rebuild", 4)
+        alerts = await read_alerts(run.settings, "redis_rebuild", 4)
         # once at first start (no sentinel yet), once after the restart
         assert [a["state"] for a in alerts][-2:] == ["firing", "resolved"]
         assert alerts[-1]["value"] >= len(before) - 6  # keys written (metrics: one per window)
@@ -225,25 +230,3 @@ async def test_warmup_loads_exactly_the_top_n(test_env: dict[str, str]) -> None:
             "sessions": 3,
         }
         assert orjson.loads(await run.redis.get(ai_response_key("p4")))["prompt_hash"] == H("p4")
-
-
-async def read_topic(topic: str, run: IsolatedRun, rule: str, want: int) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=run.settings.kafka_servers,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    seen: list[dict[str, Any]] = []
-    try:
-
-        async def read() -> int:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                seen.extend(m for m in (orjson.loads(x.value) for x in msgs) if m["rule"] == rule)
-            return len(seen)
-
-        await eventually(read, lambda n: n >= want, timeout_s=30)
-    finally:
-        await consumer.stop()
-    return seen

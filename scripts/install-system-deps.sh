@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages `rpcache stack up` runs the servers from:
 # redis-server, PostgreSQL, Java 17 and Maven (Kafka itself comes from Maven
-# Central). Debian/Ubuntu only; idempotent: a package is installed only when
-# its command is missing, and apt-get update runs at most once.
+# Central), and chromium, the headless browser the dashboard test drives
+# (Playwright uses it as installed: no browser download). Debian/Ubuntu only;
+# idempotent: a package is installed only when its command is missing, and
+# apt-get update runs at most once.
 #
 # Why stop the services the packages start: Debian starts a `main` PostgreSQL
 # cluster on 5432 and a system Redis on 6379 when a service manager runs. They
@@ -34,15 +36,16 @@ if ! have java || [ "$(java_major)" -lt 17 ]; then
   missing+=(openjdk-17-jre-headless)
 fi
 have mvn || missing+=(maven)
+have chromium || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system deps: redis-server, postgresql, java >= 17 and maven are present"
+  echo "system deps: redis-server, postgresql, java >= 17, maven and chromium are present"
   exit 0
 fi
 
 if ! have apt-get; then
   echo "system deps: missing ${missing[*]}, and this is not a Debian-like system:" >&2
-  echo "install Redis 7, PostgreSQL 15+, Java 17+ and Maven 3 yourself." >&2
+  echo "install Redis 7, PostgreSQL 15+, Java 17+, Maven 3 and Chromium yourself." >&2
   exit 1
 fi
 

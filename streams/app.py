@@ -7,6 +7,7 @@ dead letter instead of a Faust deserialisation crash.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -22,6 +23,8 @@ from schemas.keys import (
     SYNTHESIS_TOPIC,
     topic_name,
 )
+from streams import heartbeat, web
+from streams.monitor import Monitor
 from streams.runtime import Runtime, processed_positions
 from streams.settings import get_settings
 from streams.warmup import warmup
@@ -38,10 +41,12 @@ class RpcacheApp(faust.App):
     """Faust app that opens rpcache's connections before the agents start."""
 
     runtime: Runtime
+    observer: Monitor
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
         self.runtime = await Runtime.start(settings, self._publish)
+        self.observer = Monitor(self.runtime)
         log.info("rpcache worker configured: %s", settings.redacted())
         if settings.warmup_on_start:
             try:
@@ -58,6 +63,8 @@ class RpcacheApp(faust.App):
         await super().on_stop()
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
+            await _heartbeat_stopped(runtime)
+            await self.observer.close()
             await runtime.close()
 
 
@@ -83,6 +90,9 @@ app = RpcacheApp(
     web_bind=settings.worker_web_bind,
     web_in_thread=False,
 )
+
+
+web.install(app)  # /metrics, /dashboard, /dashboard.json
 
 
 def _raw_topic(suffix: str) -> Any:
@@ -163,6 +173,27 @@ async def consumer_watchdog() -> None:
         )
         logging.shutdown()
         os._exit(EXIT_STALLED)
+
+
+@app.timer(interval=settings.heartbeat_interval_s)
+async def write_heartbeat() -> None:
+    """Tell `rpcache check` this worker's loop runs and reaches PostgreSQL."""
+    try:
+        async with (
+            asyncio.timeout(settings.heartbeat_interval_s),
+            app.runtime.pool.acquire() as conn,
+        ):
+            await heartbeat.beat(conn, settings)
+    except Exception as exc:  # PostgreSQL away: the beat goes stale, the check says so
+        log.warning("heartbeat not written: %r", exc)
+
+
+async def _heartbeat_stopped(runtime: Runtime) -> None:
+    try:
+        async with asyncio.timeout(2.0), runtime.pool.acquire() as conn:
+            await heartbeat.stopped(conn, settings)
+    except Exception as exc:  # best effort: a stale beat says the same, later
+        log.warning("heartbeat: could not record the stop: %r", exc)
 
 
 @app.timer(interval=30.0)

@@ -5,6 +5,8 @@ rpcache worker          run the stream processor (Faust)
 rpcache demo            simulated roleplay traffic end to end, with a summary
 rpcache replay          rebuild Redis from PostgreSQL (all or some families, rate-limited)
 rpcache warmup          load the most used entries into Redis
+rpcache check           exit 0 when the worker's heartbeat is fresh and its dependencies answer
+rpcache bench           throughput, freshness, reads and memory against the local stack
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import sys
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -165,6 +168,59 @@ async def _warmup(top: int) -> Counter[str]:
     finally:
         await redis.aclose()
         await pool.close()
+
+
+@cli.command()
+def check(
+    max_age: float | None = typer.Option(
+        None, "--max-age", help="Seconds a heartbeat stays fresh (default: HEARTBEAT_MAX_AGE_S)."
+    ),
+    worker_id: str | None = typer.Option(
+        None, "--worker-id", help="Whose heartbeat (default: WORKER_ID, the host name)."
+    ),
+) -> None:
+    """Health check: the worker's heartbeat is fresh and Kafka, Redis, PostgreSQL answer.
+
+    Exits 0 when all pass, 1 otherwise; one line per check says why. Used as
+    the worker's healthcheck in docker-compose.yml.
+    """
+    from streams.check import run_checks
+    from streams.settings import get_settings
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the kafka line says it
+    results = asyncio.run(run_checks(get_settings(), worker_id, max_age))
+    for result in results:
+        typer.echo(result.line())
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        typer.echo(f"unhealthy: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
+@cli.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="About a minute: smaller sizes, 2 rates."),
+    output: Path = typer.Option(Path("bench.json"), "--output", "-o", help="Where the JSON goes."),
+    only: str = typer.Option(
+        "all", help="Comma-separated phases: throughput,freshness,memory,reads (or all)."
+    ),
+    redis_db: int = typer.Option(
+        5, help="First of the three Redis databases the run uses (emptied before and after)."
+    ),
+) -> None:
+    """Benchmark against the local stack: throughput beside a hand-written baseline
+    and the consume-only ceiling, freshness, read latency, memory.
+
+    Each benchmark gets its own database, Redis db and topics, dropped at the
+    end. Prints the tables and writes the same figures to bench.json.
+    """
+    from streams.bench.main import parse_phases, run_bench
+
+    try:
+        phases = parse_phases(only)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    raise typer.Exit(run_bench(quick, output, phases, redis_db, None))
 
 
 def main() -> None:

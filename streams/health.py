@@ -8,7 +8,7 @@ retried.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
@@ -23,9 +23,12 @@ class ConnectionHealth:
         self.window_s = window_s
         self.clock = clock
         self._attempts: deque[tuple[float, Dependency, bool]] = deque()
+        self.totals: Counter[tuple[Dependency, bool]] = Counter()
+        """Attempts since start by (dependency, ok): Prometheus counters need totals."""
 
     def record(self, dependency: Dependency, ok: bool) -> None:
         self._attempts.append((self.clock(), dependency, ok))
+        self.totals[(dependency, ok)] += 1
         self._trim()
 
     def failure_rate(self) -> tuple[float, int]:

@@ -22,6 +22,7 @@ an event that still fails on its own is dead-lettered as `processing_error`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +68,12 @@ class BatchOutcome:
     retries: int = 0
     split: bool = False
     reasons: list[str] = field(default_factory=list)
+    family: str = ""
+    """Topic suffix of the family, e.g. `session-events` (a metrics label)."""
+    seconds: float = 0.0
+    """Wall time of the whole batch, retries included."""
+    freshness_s: list[float] = field(default_factory=list)
+    """occurred_at → projected into Redis, in seconds, of each new event."""
 
 
 @dataclass
@@ -75,6 +82,7 @@ class _Persisted:
     dead_letters: list[DeadLetterRow]
     new: int
     duplicates: int
+    new_occurred_at: list[datetime] = field(default_factory=list)
 
 
 class BatchPipeline:
@@ -114,9 +122,20 @@ class BatchPipeline:
         self.clock = clock
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
-        outcome = BatchOutcome(messages=len(messages))
         if not messages:
-            return outcome
+            return BatchOutcome()
+        started = time.monotonic()
+        outcome = await self._process(messages)
+        outcome.family = self.family.topic_suffix
+        outcome.seconds = time.monotonic() - started
+        self.retrying = False
+        if self.on_batch is not None:
+            self.on_batch(outcome)
+        return outcome
+
+    async def _process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        """`process` without the callback: a split batch reports once, as a whole."""
+        outcome = BatchOutcome(messages=len(messages))
         try:
             await self._run(messages, outcome)
         except Exception as exc:
@@ -126,16 +145,15 @@ class BatchPipeline:
                 log.exception("batch of %d failed; retrying event by event", len(messages))
                 outcome.split = True
                 for message in messages:
-                    sub = await self.process([message])
+                    sub = await self._process([message])
                     outcome.accepted += sub.accepted
                     outcome.new += sub.new
                     outcome.duplicates += sub.duplicates
                     outcome.dead_letters += sub.dead_letters
                     outcome.redis_ops += sub.redis_ops
                     outcome.retries += sub.retries
-        self.retrying = False
-        if self.on_batch is not None:
-            self.on_batch(outcome)
+                    outcome.freshness_s += sub.freshness_s
+                    outcome.reasons += sub.reasons
         return outcome
 
     async def _run(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> None:
@@ -161,6 +179,10 @@ class BatchPipeline:
         # 3. project
         outcome.redis_ops = len(persisted.redis_ops)
         await self._project(persisted.redis_ops, count_retry)
+        projected_at = self.clock()
+        outcome.freshness_s = [
+            max(0.0, (projected_at - at).total_seconds()) for at in persisted.new_occurred_at
+        ]
         # 4. publish dead letters
         if persisted.dead_letters:
             await until_done(
@@ -209,7 +231,13 @@ class BatchPipeline:
             dead += [self._row_for(s, r) for s, r in result.rejections]
             await pg.insert_dead_letters(conn, dead)
             await pg.record_positions(conn, self.group, _positions(messages))
-        return _Persisted(result.redis_ops, dead, len(new), len(stored) - len(new))
+        return _Persisted(
+            result.redis_ops,
+            dead,
+            len(new),
+            len(stored) - len(new),
+            [s.event.occurred_at for s in new],
+        )
 
     async def _conflicts(self, conn: pg.Connection, seen: list[StoredEvent]) -> list[DeadLetterRow]:
         """A known event_id with different content: the first one wins."""

@@ -28,8 +28,9 @@ from streams.families.caches import CacheFamily
 from streams.families.sessions import SessionFamily
 from streams.families.stats import StatsProjector
 from streams.health import ConnectionHealth
+from streams.metrics import PipelineMetrics
 from streams.migrate import migrate
-from streams.pipeline import BatchPipeline
+from streams.pipeline import BatchOutcome, BatchPipeline
 from streams.projections import RedisOp
 from streams.rebuild import Announce, RedisWatch
 from streams.retry import until_done
@@ -82,6 +83,7 @@ class Runtime:
     alerts: AlertEngine
     watch: RedisWatch
     watchdog: Watchdog
+    metrics: PipelineMetrics
     _offsets_client: AIOKafkaConsumer | None = None
 
     @classmethod
@@ -95,6 +97,11 @@ class Runtime:
             settings, pool, redis, health, publish, topic_name(settings.topic_prefix, ALERTS_TOPIC)
         )
         family = SessionFamily(settings.tz, settings.daily_session_quota, stats)
+        metrics = PipelineMetrics()
+
+        def on_batch(outcome: BatchOutcome) -> None:
+            alerts.mark_changed()
+            metrics.observe(outcome)
 
         def pipeline(fam: Family) -> BatchPipeline:
             return BatchPipeline(
@@ -109,7 +116,7 @@ class Runtime:
                 max_audio_bytes=settings.voice_max_audio_bytes,
                 max_backoff_s=settings.retry_max_backoff_s,
                 health=health,
-                on_batch=alerts.mark_changed,
+                on_batch=on_batch,
             )
 
         return cls(
@@ -124,6 +131,7 @@ class Runtime:
             alerts=alerts,
             watch=RedisWatch(pool, redis, settings, _rebuild_announcer(alerts)),
             watchdog=Watchdog(settings.watchdog_stall_s),
+            metrics=metrics,
         )
 
     async def sweep_idle_sessions(self) -> int:

@@ -7,6 +7,7 @@ so they never show up in a repr, a log line or a traceback.
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -80,6 +81,15 @@ class Settings(BaseSettings):
     worker_web_enabled: bool = True
     worker_web_port: int = 6066
     worker_web_bind: str = "127.0.0.1"
+
+    # --- observability (streams/metrics.py, `rpcache check`, /dashboard) -------
+    worker_id: str = Field(default_factory=socket.gethostname)
+    """Names this worker's heartbeat row; `rpcache check` reads the row of its own."""
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_max_age_s: float = Field(30.0, gt=0)
+    """`rpcache check` fails when the worker's last heartbeat is older than this."""
+    check_timeout_s: float = Field(5.0, gt=0)
+    """Budget of each dependency ping of `rpcache check`."""
 
     # --- local stack (`rpcache stack`) -------------------------------------
     stack_dir: str = ".cache/stack"

@@ -1,0 +1,151 @@
+"""`rpcache check`: is the worker alive, and do its dependencies answer?
+
+Four checks, run concurrently, each within CHECK_TIMEOUT_S:
+
+- heartbeat: the row of this worker (APP_ID, WORKER_ID) in
+  `worker_heartbeats` was written less than HEARTBEAT_MAX_AGE_S ago, by
+  PostgreSQL's clock, and the worker did not stop;
+- postgres, redis, kafka: a connection is made and the server answers.
+
+Exit status 0 when all pass; 1 otherwise, with one line per check saying why.
+It never retries and never migrates: a healthcheck must answer now, and must
+not change what it looks at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
+
+from schemas.keys import format_utc
+from streams import heartbeat
+from streams.heartbeat import Heartbeat
+from streams.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok' if self.ok else 'FAIL':<5} {self.name:<10} {self.detail}"
+
+
+def judge_heartbeat(
+    beat: Heartbeat | None, app_id: str, worker_id: str, max_age_s: float
+) -> CheckResult:
+    """Fresh, stale, stopped or missing; pure."""
+    who = f"worker {worker_id!r} of {app_id!r}"
+    if beat is None:
+        return CheckResult("heartbeat", False, f"no heartbeat from {who}: is it running?")
+    if beat.stopped_at is not None:
+        return CheckResult(
+            "heartbeat", False, f"{who} stopped at {format_utc(beat.stopped_at)} (pid {beat.pid})"
+        )
+    if beat.age_s > max_age_s:
+        return CheckResult(
+            "heartbeat",
+            False,
+            f"{who} is stale: last beat {beat.age_s:.1f} s ago (limit {max_age_s:g} s,"
+            f" pid {beat.pid} on {beat.host})",
+        )
+    return CheckResult(
+        "heartbeat", True, f"{who} beat {beat.age_s:.1f} s ago (pid {beat.pid} on {beat.host})"
+    )
+
+
+async def _timed(name: str, timeout_s: float, probe: Callable[[], Awaitable[str]]) -> CheckResult:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_s):
+            detail = await probe()
+    except TimeoutError:
+        return CheckResult(name, False, f"no answer within {timeout_s:g} s")
+    except Exception as exc:
+        kind, text = type(exc).__name__, str(exc)
+        return CheckResult(name, False, text if text.startswith(kind) else f"{kind}: {text}")
+    return CheckResult(name, True, f"{detail} ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+
+async def check_postgres(
+    settings: Settings, worker_id: str, max_age_s: float
+) -> tuple[CheckResult, CheckResult]:
+    """PostgreSQL answers, and the heartbeat it holds (one connection for both)."""
+    beat: list[Heartbeat | None] = []
+
+    async def probe() -> str:
+        conn = await asyncpg.connect(
+            settings.database_url.get_secret_value(), timeout=settings.check_timeout_s
+        )
+        try:
+            version = await conn.fetchval("SHOW server_version")
+            try:
+                beat.append(await heartbeat.read(conn, settings.app_id, worker_id))
+            except asyncpg.UndefinedTableError:
+                beat.append(None)  # no worker ever migrated this database
+        finally:
+            await conn.close()
+        return f"PostgreSQL {version}"
+
+    pg = await _timed("postgres", settings.check_timeout_s, probe)
+    if not pg.ok:
+        return CheckResult("heartbeat", False, "unknown: PostgreSQL did not answer"), pg
+    return judge_heartbeat(beat[0], settings.app_id, worker_id, max_age_s), pg
+
+
+async def check_redis(settings: Settings) -> CheckResult:
+    async def probe() -> str:
+        client = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.check_timeout_s,
+            socket_connect_timeout=settings.check_timeout_s,
+        )
+        try:
+            await client.ping()
+            info = await client.info("server")
+        finally:
+            await client.aclose()
+        return f"Redis {info.get('redis_version', '?')} PONG"
+
+    return await _timed("redis", settings.check_timeout_s, probe)
+
+
+async def check_kafka(settings: Settings) -> CheckResult:
+    async def probe() -> str:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_servers,
+            request_timeout_ms=int(settings.check_timeout_s * 1000),
+        )
+        try:
+            await admin.start()
+            cluster = await admin.describe_cluster()
+        finally:
+            await admin.close()
+        brokers = len(cluster.get("brokers", []))
+        return f"{brokers} broker{'s' if brokers != 1 else ''}"
+
+    return await _timed("kafka", settings.check_timeout_s, probe)
+
+
+async def run_checks(
+    settings: Settings, worker_id: str | None = None, max_age_s: float | None = None
+) -> list[CheckResult]:
+    """heartbeat, postgres, redis, kafka — in that order."""
+    (beat, pg), redis, kafka = await asyncio.gather(
+        check_postgres(
+            settings,
+            worker_id or settings.worker_id,
+            settings.heartbeat_max_age_s if max_age_s is None else max_age_s,
+        ),
+        check_redis(settings),
+        check_kafka(settings),
+    )
+    return [beat, pg, redis, kafka]

@@ -44,6 +44,9 @@ _RFC3339 = re.compile(
 )
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_INT32: Final = 2_147_483_647
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(2999, 12, 31, tzinfo=UTC)
+"""Event times outside these are typos, and TTL arithmetic near year 9999 overflows."""
 
 
 def _uuid_text(value: str) -> str:
@@ -70,9 +73,12 @@ def parse_rfc3339(value: object) -> datetime:
         assert digits is not None
         text = f"{head}.{digits.group()[:6]}{tail[digits.end() :]}"
     try:
-        return datetime.fromisoformat(text.replace("z", "Z")).astimezone(UTC)
+        moment = datetime.fromisoformat(text.replace("z", "Z")).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"not a valid timestamp: {exc}") from None
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year}")
+    return moment
 
 
 EventId = Annotated[str, Field(strict=True), AfterValidator(_uuid_text)]

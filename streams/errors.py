@@ -28,6 +28,9 @@ _TRANSIENT_PG = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.InterfaceError,
+    # A connection killed mid-query (pg_terminate_backend, a restart) can leave
+    # asyncpg's protocol state machine confused; a fresh connection is fine.
+    asyncpg.exceptions._base.InternalClientError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 _TRANSIENT_REDIS = (

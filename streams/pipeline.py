@@ -21,6 +21,7 @@ an event that still fails on its own is dead-lettered as `processing_error`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,9 @@ from streams.sinks import redis as redis_sink
 from streams.sinks.postgres import DeadLetterRow, StoredEvent
 
 log = logging.getLogger(__name__)
+
+SINGLE_EVENT_RETRY_PAUSES_S = (0.5, 2.0)
+"""Before an event is dead-lettered as processing_error, it is tried again after these."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,7 @@ class BatchPipeline:
             await self._run(messages, outcome)
         except Exception as exc:
             if len(messages) == 1:
-                await self._dead_letter_failure(messages[0], exc, outcome)
+                await self._alone(messages[0], exc, outcome)
             else:
                 log.exception("batch of %d failed; retrying event by event", len(messages))
                 outcome.split = True
@@ -270,6 +274,26 @@ class BatchPipeline:
 
     async def flush_dead_letters(self) -> int:
         return await deadletters.flush(self.pool, self.publish, self.dead_letter_topic)
+
+    async def _alone(self, message: RawMessage, exc: Exception, outcome: BatchOutcome) -> None:
+        """One event failed for a reason not known to be transient: try it twice more
+        (on fresh connections, after a pause) before calling it a bad event."""
+        for pause in SINGLE_EVENT_RETRY_PAUSES_S:
+            log.warning(
+                "event at %s[%d]@%d failed (%r); trying again in %.1f s",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            try:
+                await self._run([message], outcome)
+                return
+            except Exception as again:
+                exc = again
+        await self._dead_letter_failure(message, exc, outcome)
 
     async def _dead_letter_failure(
         self, message: RawMessage, exc: Exception, outcome: BatchOutcome

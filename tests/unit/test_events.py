@@ -117,6 +117,18 @@ BAD: list[tuple[str, Any, RejectReason, str]] = [
         "occurred_at",
     ),
     (
+        "year 9999",
+        event(type="user.login", occurred_at="9999-12-31T23:50:00Z"),
+        RejectReason.INVALID_FIELDS,
+        "between",
+    ),
+    (
+        "year 0001 at +14:00",
+        event(type="user.login", occurred_at="0001-01-01T00:00:00+14:00"),
+        RejectReason.INVALID_FIELDS,
+        "occurred_at",
+    ),
+    (
         "impossible date",
         event(type="user.login", occurred_at="2025-02-30T10:30:00Z"),
         RejectReason.INVALID_FIELDS,

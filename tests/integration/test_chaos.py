@@ -22,7 +22,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.stack import kill_service, start_service, stop_service
-from tests.integration.conftest import IsolatedRun, WorkerProcess, eventually, isolated_run
+from tests.integration.conftest import (
+    IsolatedRun,
+    WorkerProcess,
+    eventually,
+    isolated_run,
+    stored_count,
+)
 from tests.integration.load import Load, verify, wait_all_stored, write_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -43,12 +49,29 @@ async def scenario(
         yield run
 
 
+def catch_up(run: IsolatedRun, load: Load) -> asyncio.Task[float]:
+    """Time from now (the fault is over) until every event produced so far is stored."""
+    backlog = list(load.model.produced)
+    start = time.monotonic()
+
+    async def measure() -> float:
+        await eventually(
+            lambda: stored_count(run.pool, backlog),
+            lambda n: n == len(backlog),
+            timeout_s=180,
+            interval_s=0.05,
+        )
+        return time.monotonic() - start
+
+    return asyncio.create_task(measure())
+
+
 async def finish(
-    run: IsolatedRun, load: Load, name: str, recover_from: float, **extra: Any
+    run: IsolatedRun, load: Load, name: str, recovery: asyncio.Task[float], **extra: Any
 ) -> None:
     """Wait until everything produced is stored and projected, verify, report."""
     await wait_all_stored(run.pool, load.model, timeout_s=180)
-    recovered_s = time.monotonic() - recover_from
+    recovered_s = await recovery
     await asyncio.sleep(1.5)  # the last Redis pipelines and the sweeper
     figures = await verify(run.pool, run.redis, run.settings, load.model)
     write_report(
@@ -71,10 +94,11 @@ async def test_kill_9_worker_ten_times_under_load(test_env: dict[str, str]) -> N
             await asyncio.sleep(rng.uniform(1.0, 3.0))
             run.worker.kill()
             run.worker.start()
+            back = catch_up(run, load)
             await run.worker.wait_ready()
         load.stop()
         await producing
-        await finish(run, load, "1. kill -9 worker x10", time.monotonic(), rounds=10)
+        await finish(run, load, "1. kill -9 worker x10", back, rounds=10)
 
 
 async def test_sigterm_under_load_is_a_clean_stop(test_env: dict[str, str]) -> None:
@@ -85,11 +109,12 @@ async def test_sigterm_under_load_is_a_clean_stop(test_env: dict[str, str]) -> N
         assert run.worker.stop() == 0  # SIGTERM: exits cleanly
         await asyncio.sleep(2)
         run.worker.start()
+        back = catch_up(run, load)
         await run.worker.wait_ready()
         await asyncio.sleep(3)
         load.stop()
         await producing
-        await finish(run, load, "2. SIGTERM worker, restart", time.monotonic())
+        await finish(run, load, "2. SIGTERM worker, restart", back)
 
 
 async def test_kafka_killed_and_restarted_under_load(test_env: dict[str, str]) -> None:
@@ -100,7 +125,7 @@ async def test_kafka_killed_and_restarted_under_load(test_env: dict[str, str]) -
         kill_service("kafka")
         await asyncio.sleep(5)
         start_service("kafka")
-        back = time.monotonic()
+        back = catch_up(run, load)
         await asyncio.sleep(6)
         load.stop()
         await producing
@@ -127,7 +152,7 @@ async def test_watchdog_restarts_a_stalled_consumer(test_env: dict[str, str]) ->
         assert "watchdog: consumer stalled" in run.worker.log_text()
         run.worker.start()  # the supervisor's part
         await run.worker.wait_ready()
-        back = time.monotonic()
+        back = catch_up(run, load)
         await asyncio.sleep(3)
         load.stop()
         await producing
@@ -170,7 +195,7 @@ async def test_redis_down_30s_offsets_held_and_reads_from_postgres(
         assert await committed(run) == held, "offsets were committed without projecting"
         assert len(set(stored_while_down)) == 1, "batches went on without Redis"
         start_service("redis")
-        back = time.monotonic()
+        back = catch_up(run, load)
         await asyncio.sleep(5)
         load.stop()
         await producing
@@ -185,7 +210,7 @@ async def test_postgres_stopped_then_connections_reset(test_env: dict[str, str])
         stop_service("postgres")
         await asyncio.sleep(8)
         start_service("postgres")
-        back = time.monotonic()
+        back = catch_up(run, load)
         await asyncio.sleep(3)
         for _ in range(5):  # connections reset mid-batch
             await run.pool.execute(
@@ -208,7 +233,7 @@ async def test_second_worker_joins_and_leaves(test_env: dict[str, str]) -> None:
         await second.wait_ready()
         await asyncio.sleep(6)
         assert second.stop() == 0
-        back = time.monotonic()
+        back = catch_up(run, load)
         await asyncio.sleep(4)
         load.stop()
         await producing
@@ -219,7 +244,7 @@ async def test_replay_from_earliest_changes_nothing(test_env: dict[str, str]) ->
     async with scenario(test_env, "earliest", 3, AUTO_REBUILD="false") as run:
         load = Load(run.publisher, rate=200)
         await load.run_for(6)
-        await finish(run, load, "8. replay from the earliest offset", time.monotonic())
+        await finish(run, load, "8. replay from the earliest offset", catch_up(run, load))
         before_pg = await pg_fingerprint(run)
         before_redis = {k: await run.redis.dump(k) async for k in run.redis.scan_iter()}
         assert run.worker.stop() == 0

@@ -14,13 +14,14 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.reader import CacheReader
 from streams.stack import kill_service, start_service, stop_service
 from tests.integration.conftest import (
     IsolatedRun,
@@ -39,6 +40,14 @@ CHAOS_ENV = {
     "WATCHDOG_INTERVAL_S": "1",
     "RETRY_MAX_BACKOFF_S": "1",
 }
+
+
+@pytest.fixture(autouse=True)
+def stack_back_up() -> Iterator[None]:
+    """Whatever a failed scenario left stopped is started again for the next one."""
+    yield
+    for name in ("kafka", "redis", "postgres"):
+        start_service(name)
 
 
 @asynccontextmanager
@@ -194,6 +203,19 @@ async def test_redis_down_30s_offsets_held_and_reads_from_postgres(
             stored_while_down.append(await run.pool.fetchval("SELECT count(*) FROM events"))
         assert await committed(run) == held, "offsets were committed without projecting"
         assert len(set(stored_while_down)) == 1, "batches went on without Redis"
+        # Readers are served from PostgreSQL meanwhile.
+        open_ids = [
+            r["session_id"]
+            for r in await run.pool.fetch(
+                "SELECT session_id::text FROM sessions WHERE status = 'active' LIMIT 5"
+            )
+        ]
+        assert open_ids
+        async with CacheReader.from_settings(run.settings) as reader:
+            for sid in open_ids:
+                read = await reader.get_session(sid)
+                assert read.source == "postgres" and read.value is not None
+                assert read.value["status"] == "active"
         start_service("redis")
         back = catch_up(run, load)
         await asyncio.sleep(5)

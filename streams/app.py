@@ -24,6 +24,7 @@ from schemas.keys import (
     topic_name,
 )
 from streams import heartbeat, web
+from streams.kafka_transport import Transport as KafkaTransport
 from streams.monitor import Monitor
 from streams.runtime import Runtime, processed_positions
 from streams.settings import get_settings
@@ -53,6 +54,10 @@ class RpcacheApp(faust.App):
                 await warmup(self.runtime.pool, self.runtime.redis, settings.warmup_top_n)
             except Exception:  # warm-up is an optimisation; the worker starts regardless
                 log.exception("warm-up at start failed")
+
+    def _new_transport(self) -> Any:
+        """Faust's Kafka transport with our fetch wait (streams/kafka_transport.py)."""
+        return KafkaTransport(self.conf.broker_consumer, self)
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
         await self.producer.send_and_wait(

@@ -45,6 +45,13 @@ def worker(
     Consumes the session, inference and synthesis topics, persists to
     PostgreSQL, projects to Redis. Stops cleanly on SIGTERM or Ctrl-C.
     """
+    from streams.settings import get_settings
+
+    if get_settings().worker_loop == "uvloop":
+        import mode.loop
+
+        # Before Faust is imported: its consumer thread gets a uvloop loop too.
+        mode.loop.use("uvloop")
     from streams.app import app, settings
 
     # Faust's own CLI flags override the app's settings, so pass ours through.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
     pg_pool_size: int = Field(4, ge=1)
     kafka_session_timeout_s: float = Field(10.0, ge=6)
     """How soon a crashed worker's partitions go to another (broker minimum: 6 s)."""
+    kafka_fetch_max_wait_ms: int = Field(100, ge=1)
+    """Longest a fetch waits on the broker for new data (Faust's own is 1500 ms)."""
 
     # --- alerts (the original design's monitoring thresholds) ------------------
     alert_hit_rate_min: float = 0.70
@@ -81,6 +84,10 @@ class Settings(BaseSettings):
     worker_web_enabled: bool = True
     worker_web_port: int = 6066
     worker_web_bind: str = "127.0.0.1"
+
+    # --- worker event loop ---------------------------------------------------------
+    worker_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """Event loop of `rpcache worker`: uvloop spends less CPU per event (README, Performance)."""
 
     # --- observability (streams/metrics.py, `rpcache check`, /dashboard) -------
     worker_id: str = Field(default_factory=socket.gethostname)

@@ -1,0 +1,13 @@
+"""`rpcache bench`: throughput, freshness, reads and memory, measured side by side.
+
+Figures on a shared machine move with its load, so every comparison the
+report makes (ours / baseline, ours / ceiling, Redis / PostgreSQL reads) is
+between runs of the same invocation, minutes apart. Modules:
+
+- `workload`: roleplay traffic as Kafka-ready bytes, and what Redis must hold after it;
+- `env`: a database, Redis db, topic prefix and worker process per benchmark;
+- `throughput`: our worker, the hand-written baseline and the consume-only ceiling;
+- `freshness`, `reads`, `memory`: the other measurements, on a live worker;
+- `stats`, `report`: pure arithmetic, `bench.json` and the tables;
+- `runner`, `main`: the run in order, and the command.
+"""

@@ -1,0 +1,189 @@
+"""The pure parts of `rpcache bench`: percentiles, the report and its targets, the workload."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import orjson
+import pytest
+
+from schemas.events import Rejection, decode_event
+from streams.bench.env import parse_vm_hwm_mb, with_database, with_redis_db
+from streams.bench.freshness import Freshness
+from streams.bench.main import parse_phases
+from streams.bench.memory import MemoryFigure
+from streams.bench.reads import ReadLevel
+from streams.bench.report import Results, build_report, check_targets, served_by, tables
+from streams.bench.stats import Latency, finite, percentile, rate, ratio
+from streams.bench.throughput import Throughput
+from streams.bench.workload import Workload, ai_misses, audio_pool, open_sessions, voice_misses
+
+
+# --- percentiles --------------------------------------------------------------------
+def test_percentile_interpolates_like_numpy_linear() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5  # numpy.percentile([1, 2, 3, 4], 50)
+    assert percentile(values, 99) == pytest.approx(3.97)  # 3 + 0.97 * (4 - 3)
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_percentile_ignores_input_order() -> None:
+    values = [float(v) for v in range(1, 1001)]
+    shuffled = values[:]
+    random.Random(1).shuffle(shuffled)
+    assert percentile(shuffled, 99) == percentile(values, 99) == pytest.approx(990.01)
+
+
+def test_percentile_of_nothing_is_nan_and_bounds_are_checked() -> None:
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_is_in_milliseconds() -> None:
+    lat = Latency.of_seconds([0.001, 0.002, 0.003, 0.100])
+    assert lat.n == 4
+    assert lat.p50_ms == pytest.approx(2.5)
+    assert lat.max_ms == pytest.approx(100.0)
+    assert Latency.of_seconds([]).as_dict() == {
+        "n": 0,
+        "p50_ms": None,
+        "p99_ms": None,
+        "max_ms": None,
+    }
+
+
+def test_rates_and_ratios_of_missing_figures_are_nan() -> None:
+    assert rate(10, 2.0) == 5.0
+    assert math.isnan(rate(10, 0.0))
+    assert ratio(50.0, 10.0) == 5.0
+    assert math.isnan(ratio(50.0, 0.0))
+    assert math.isnan(ratio(math.nan, 10.0))
+    assert finite(math.nan) is None
+    assert finite(1.23456, 2) == 1.23
+
+
+# --- the report -----------------------------------------------------------------------
+def _level(source: str, users: int, p99_s: float) -> ReadLevel:
+    level = ReadLevel(source, users, 10.0, sources=Counter({source: 300}))
+    samples = [p99_s / 2] * 98 + [p99_s] * 2
+    level.latency = {k: Latency.of_seconds(samples) for k in ("session", "ai", "voice")}
+    return level
+
+
+def _results(events_per_s: float = 6000.0) -> Results:
+    seconds = 200_000 / events_per_s
+    return Results(
+        mode="quick",
+        ours=Throughput(200_000, seconds, True, startup_s=2.0, peak_rss_mb=210.0),
+        baseline=Throughput(6000, 10.0, False),
+        ceiling=Throughput(200_000, 5.0, True),
+        freshness=[
+            Freshness(500, 5000, Latency.of_seconds([0.05] * 100), 0),
+            Freshness(2000, 20000, Latency.of_seconds([0.05] * 98 + [0.3, 0.3]), 0),
+        ],
+        reads=[_level("redis", 300, 0.0008), _level("postgres", 300, 0.004)],
+        sessions=MemoryFigure(10_000, 7_000_000, 312.0),
+    )
+
+
+def test_report_has_the_figures_the_issue_names() -> None:
+    report = build_report(_results())
+    assert report["events_per_s"] == 6000.0
+    assert report["baseline_events_per_s"] == 600.0
+    assert report["ceiling_events_per_s"] == 40000.0
+    assert report["ours_vs_baseline"] == 10.0
+    assert report["ours_vs_ceiling"] == 0.15
+    assert set(report["freshness_p99_ms"]) == {"500", "2000"}
+    assert report["freshness_p99_ms"]["500"] == 50.0
+    assert report["read_p99_ms"]["session"]["300"] == pytest.approx(0.8, abs=0.01)
+    assert report["postgres_read_p99_ms"]["voice"]["300"] == pytest.approx(4.0, abs=0.05)
+    assert report["redis_bytes_per_session"] == 700.0
+    assert report["worker_peak_rss_mb"] == 210.0
+    orjson.dumps(report)  # JSON-ready: no NaN, no dataclasses
+
+
+def test_targets_met_and_missed() -> None:
+    verdicts = {t.name: t.met for t in check_targets(build_report(_results()))}
+    assert verdicts["events/s end to end"] is True
+    assert verdicts["ours / baseline"] is True
+    assert verdicts["ours / ceiling"] is False  # 15 % < 30 %
+    assert verdicts["freshness p99 at 2000/s (ms)"] is False  # the 300 ms outlier is the p99
+    assert verdicts["session read p99 at 300 users (ms)"] is True
+    assert verdicts["Redis bytes per active session"] is True
+    slow = {t.name: t.met for t in check_targets(build_report(_results(4000.0)))}
+    assert slow["events/s end to end"] is False
+
+
+def test_a_partial_run_reports_unmeasured_targets_as_unknown() -> None:
+    report = build_report(Results(mode="quick"))
+    assert report["events_per_s"] is None
+    assert all(t.met is None for t in check_targets(report))
+    orjson.dumps(report)
+    assert len(tables(report)) == 4
+
+
+def test_served_by_shows_the_split() -> None:
+    assert served_by({"redis": 300}) == "redis 100%"
+    assert served_by({"redis": 75, "postgres": 25}) == "redis 75% / postgres 25%"
+    assert served_by({}) == "—"
+
+
+# --- small parsers ----------------------------------------------------------------------
+def test_peak_rss_comes_from_vmhwm() -> None:
+    status = "Name:\tpython\nVmPeak:\t  900000 kB\nVmHWM:\t  215040 kB\nVmRSS:\t 200000 kB\n"
+    assert parse_vm_hwm_mb(status) == 210.0
+    assert math.isnan(parse_vm_hwm_mb("Name:\tpython\n"))
+
+
+def test_urls_point_at_the_benchmark_database_and_redis_db() -> None:
+    assert with_database("postgresql://u:p@h:5/rpcache?x=1", "b") == "postgresql://u:p@h:5/b?x=1"
+    assert with_redis_db("redis://h:6379/0", 7) == "redis://h:6379/7"
+
+
+def test_phases_parse_in_run_order() -> None:
+    assert parse_phases("all") == ("throughput", "freshness", "memory", "reads")
+    assert parse_phases("reads, throughput") == ("throughput", "reads")
+    with pytest.raises(ValueError):
+        parse_phases("speed")
+
+
+# --- the workload -----------------------------------------------------------------------
+def _decode(value: bytes, topic: str) -> object:
+    return decode_event(value, topic=topic, max_bytes=1_048_576, max_audio_bytes=716_800)
+
+
+def test_every_generated_event_is_valid_and_the_mix_is_realistic() -> None:
+    workload = Workload("t", users=50, audio=audio_pool((0.5,)))
+    messages = list(workload.messages(3000))
+    decoded = [_decode(m.value, m.topic) for m in messages]
+    assert not [d for d in decoded if isinstance(d, Rejection)]
+    expected = workload.expected
+    assert expected.events == 3000
+    ai_hit_rate = expected.hit_rate("ai.response", len(expected.ai_keys))
+    assert 0.75 < ai_hit_rate < 0.9
+    assert {m.topic for m in messages} == {
+        "session-events",
+        "inference-events",
+        "synthesis-events",
+    }
+    assert expected.audio_bytes == 16_044 * len(expected.voice_keys)  # 0.5 s WAVs
+    assert len(expected.redis_keys()) == len(
+        expected.users | {f"s{s}" for s in expected.open_sessions}
+    ) + len(expected.ai_keys) + len(expected.voice_keys)
+
+
+def test_data_sets_are_valid_events_that_each_create_their_key() -> None:
+    sessions = open_sessions("t", 3)
+    ai = ai_misses("t", 4, sessions.sessions)
+    voice = voice_misses("t", 2, sessions.sessions, "UklGRg==")
+    for data in (sessions, ai, voice):
+        for m in data.messages:
+            assert not isinstance(_decode(m.value, m.topic), Rejection)
+    assert len(sessions.keys()) == 6  # a session and a user state each
+    assert len(ai.keys()) == 4 and len(ai.prompts) == 4
+    assert len(voice.keys()) == 2 and len(voice.voices) == 2

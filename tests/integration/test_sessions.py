@@ -12,9 +12,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from schemas.keys import format_utc, session_key, stats_key, user_state_key
+from schemas.keys import SESSION_TTL, format_utc, session_key, stats_key, user_state_key
 from streams.publisher import EventPublisher
 from streams.settings import Settings
+from streams.sinks import postgres as pg
 from tests.integration.conftest import WorkerProcess, eventually, stored_count
 
 pytestmark = pytest.mark.integration
@@ -33,6 +34,12 @@ async def counters(pool: asyncpg.Pool, day: date) -> int:
         "SELECT value FROM daily_counters WHERE day = $1 AND name = 'sessions_started'", day
     )
     return int(value or 0)
+
+
+async def open_sessions(pool: asyncpg.Pool) -> int:
+    """active_sessions as the worker defines it, asked of PostgreSQL the same way."""
+    async with pool.acquire() as conn:
+        return await pg.count_open_sessions(conn, datetime.now(UTC), SESSION_TTL.total_seconds())
 
 
 async def hgetall(redis: Redis, key: str) -> dict[str, str]:
@@ -131,10 +138,7 @@ async def test_daily_quota_and_stats(
     async def stats() -> dict[str, str]:
         return await hgetall(redis, stats_key(day))
 
-    open_in_pg = await pool.fetchval(
-        "SELECT count(*) FROM sessions WHERE status IN ('active','paused')"
-        " AND last_activity > now() - interval '30 minutes'"
-    )
+    open_in_pg = await open_sessions(pool)
     got = await eventually(stats, lambda s: s.get("total_sessions_today") == str(before + 3))
     assert int(got["active_sessions"]) == open_in_pg
     assert 86000 < await redis.ttl(stats_key(day)) <= 86400
@@ -184,10 +188,7 @@ async def test_idle_session_expires(
         lambda: hgetall(redis, stats_key(today(settings))),
         lambda s: int(s["active_sessions"]) < active_before,
     )
-    open_in_pg = await pool.fetchval(
-        "SELECT count(*) FROM sessions WHERE status IN ('active','paused')"
-        " AND last_activity > now() - interval '30 minutes'"
-    )
+    open_in_pg = await open_sessions(pool)
     assert int(stats["active_sessions"]) <= open_in_pg + 1
 
 

@@ -38,7 +38,7 @@ test: stack-up
 
 # Kills and restarts the worker, Kafka, Redis and PostgreSQL under load (minutes).
 chaos: stack-up
-	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
+	$(BIN)/pytest -q -rfE -m chaos $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration and not chaos" $(PYTEST_ARGS)

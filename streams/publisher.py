@@ -2,7 +2,9 @@
 
 Typed helpers build a valid event (fresh event_id, occurred_at now unless
 given) and publish it with an idempotent aiokafka producer (acks=all), keyed
-by user_id so each user's events stay in order on one partition.
+by user_id so each user's events stay in order on one partition. Calls are
+appended to Kafka in the order they are made, even from concurrent tasks
+(aiokafka alone may reorder senders that wait for a full batch to drain).
 
     async with EventPublisher.from_settings() as publisher:
         sid = await publisher.session_started("user123", speaker_id=6)
@@ -11,6 +13,7 @@ by user_id so each user's events stay in order on one partition.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from types import TracebackType
@@ -57,6 +60,8 @@ class EventPublisher:
             linger_ms=5,
             max_request_size=MAX_REQUEST_BYTES,
         )
+        self._in_order = asyncio.Lock()
+        """FIFO: senders reach the producer's buffer in the order they called."""
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> EventPublisher:
@@ -92,7 +97,8 @@ class EventPublisher:
         self, topic: str, key: bytes | None, value: bytes | None, *, wait: bool = True
     ) -> None:
         """Send bytes as they are (tools and tests that need malformed input)."""
-        future = await self._producer.send(topic, value=value, key=key)
+        async with self._in_order:
+            future = await self._producer.send(topic, value=value, key=key)
         if wait:
             await future
 

@@ -11,6 +11,7 @@ Figures go to .cache/chaos-report.json for the README table.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import signal
 import time
@@ -40,6 +41,17 @@ CHAOS_ENV = {
     "WATCHDOG_INTERVAL_S": "1",
     "RETRY_MAX_BACKOFF_S": "1",
 }
+
+
+@pytest.fixture(autouse=True)
+def quiet_kafka_client() -> Iterator[None]:
+    """The test's own producer logs every failed connection while Kafka is down;
+    those hundreds of expected lines would bury a failure's own report."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
@@ -281,7 +293,11 @@ async def test_replay_from_earliest_changes_nothing(test_env: dict[str, str]) ->
         assert await pg_fingerprint(run) == before_pg
         await verify(run.pool, run.redis, run.settings, load.model)
         after = {k async for k in run.redis.scan_iter()}
-        assert after == set(before_redis)
+        missing, extra = set(before_redis) - after, after - set(before_redis)
+        assert not missing and not extra, (
+            f"replay from earliest changed the Redis keys: {len(missing)} missing"
+            f" {sorted(missing)[:10]}, {len(extra)} extra {sorted(extra)[:10]}"
+        )
 
 
 async def pg_fingerprint(run: IsolatedRun) -> tuple[Any, ...]:

@@ -4,7 +4,8 @@ Four checks, run concurrently, each within CHECK_TIMEOUT_S:
 
 - heartbeat: the row of this worker (APP_ID, WORKER_ID) in
   `worker_heartbeats` was written less than HEARTBEAT_MAX_AGE_S ago, by
-  PostgreSQL's clock, and the worker did not stop;
+  PostgreSQL's clock, and the worker did not stop; with WORKER_PROCESSES=N,
+  the rows `WORKER_ID-0` … `WORKER_ID-(N-1)` of all its processes;
 - postgres, redis, kafka: a connection is made and the server answers.
 
 Exit status 0 when all pass; 1 otherwise, with one line per check saying why.
@@ -27,6 +28,7 @@ from schemas.keys import format_utc
 from streams import heartbeat
 from streams.heartbeat import Heartbeat
 from streams.settings import Settings
+from streams.supervisor import child_worker_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,20 @@ def judge_heartbeat(
     )
 
 
+def judge_heartbeats(results: list[CheckResult]) -> CheckResult:
+    """One line for the processes of one worker: ok only when every one is; pure."""
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if not r.ok]
+    if failed:
+        return CheckResult("heartbeat", False, "; ".join(r.detail for r in failed))
+    return CheckResult(
+        "heartbeat",
+        True,
+        f"all {len(results)} processes beat: " + "; ".join(r.detail for r in results),
+    )
+
+
 async def _timed(name: str, timeout_s: float, probe: Callable[[], Awaitable[str]]) -> CheckResult:
     started = time.monotonic()
     try:
@@ -76,10 +92,10 @@ async def _timed(name: str, timeout_s: float, probe: Callable[[], Awaitable[str]
 
 
 async def check_postgres(
-    settings: Settings, worker_id: str, max_age_s: float
+    settings: Settings, worker_ids: list[str], max_age_s: float
 ) -> tuple[CheckResult, CheckResult]:
-    """PostgreSQL answers, and the heartbeat it holds (one connection for both)."""
-    beat: list[Heartbeat | None] = []
+    """PostgreSQL answers, and the heartbeats it holds (one connection for both)."""
+    beats: dict[str, Heartbeat | None] = {}
 
     async def probe() -> str:
         conn = await asyncpg.connect(
@@ -87,10 +103,11 @@ async def check_postgres(
         )
         try:
             version = await conn.fetchval("SHOW server_version")
-            try:
-                beat.append(await heartbeat.read(conn, settings.app_id, worker_id))
-            except asyncpg.UndefinedTableError:
-                beat.append(None)  # no worker ever migrated this database
+            for worker_id in worker_ids:
+                try:
+                    beats[worker_id] = await heartbeat.read(conn, settings.app_id, worker_id)
+                except asyncpg.UndefinedTableError:
+                    beats[worker_id] = None  # no worker ever migrated this database
         finally:
             await conn.close()
         return f"PostgreSQL {version}"
@@ -98,7 +115,8 @@ async def check_postgres(
     pg = await _timed("postgres", settings.check_timeout_s, probe)
     if not pg.ok:
         return CheckResult("heartbeat", False, "unknown: PostgreSQL did not answer"), pg
-    return judge_heartbeat(beat[0], settings.app_id, worker_id, max_age_s), pg
+    judged = [judge_heartbeat(b, settings.app_id, w, max_age_s) for w, b in beats.items()]
+    return judge_heartbeats(judged), pg
 
 
 async def check_redis(settings: Settings) -> CheckResult:
@@ -139,10 +157,15 @@ async def run_checks(
     settings: Settings, worker_id: str | None = None, max_age_s: float | None = None
 ) -> list[CheckResult]:
     """heartbeat, postgres, redis, kafka — in that order."""
+    worker_ids = (
+        [worker_id]
+        if worker_id
+        else child_worker_ids(settings.worker_id, settings.worker_processes)
+    )
     (beat, pg), redis, kafka = await asyncio.gather(
         check_postgres(
             settings,
-            worker_id or settings.worker_id,
+            worker_ids,
             settings.heartbeat_max_age_s if max_age_s is None else max_age_s,
         ),
         check_redis(settings),

@@ -39,15 +39,38 @@ cli.add_typer(
 @cli.command()
 def worker(
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug, info, warn, error, crit"),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        "-p",
+        min=1,
+        help="Worker processes in one consumer group, one core each"
+        " (default: WORKER_PROCESSES, 1). Each gets WORKER_ID-i and WORKER_WEB_PORT+i.",
+    ),
 ) -> None:
     """Run the stream processor: the same as `faust -A streams.app worker`.
 
     Consumes the session, inference and synthesis topics, persists to
     PostgreSQL, projects to Redis. Stops cleanly on SIGTERM or Ctrl-C.
+    With --processes N, runs N such workers and stops them all when one exits.
     """
     from streams.settings import get_settings
 
-    if get_settings().worker_loop == "uvloop":
+    settings = get_settings()
+    count = processes or settings.worker_processes
+    if count > 1:
+        from streams import supervisor
+
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
+        raise typer.Exit(
+            supervisor.run_processes(
+                count,
+                supervisor.worker_command(loglevel),
+                settings.worker_id,
+                settings.worker_web_port,
+            )
+        )
+    if settings.worker_loop == "uvloop":
         import mode.loop
 
         # Before Faust is imported: its consumer thread gets a uvloop loop too.
@@ -214,6 +237,13 @@ def bench(
     redis_db: int = typer.Option(
         5, help="First of the three Redis databases the run uses (emptied before and after)."
     ),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=1,
+        help="Worker processes of the second throughput run (default: one per core, at most"
+        " 4; 1 skips it).",
+    ),
 ) -> None:
     """Benchmark against the local stack: throughput beside a hand-written baseline
     and the consume-only ceiling, freshness, read latency, memory.
@@ -227,7 +257,7 @@ def bench(
         phases = parse_phases(only)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    raise typer.Exit(run_bench(quick, output, phases, redis_db, None))
+    raise typer.Exit(run_bench(quick, output, phases, redis_db, None, processes))
 
 
 def main() -> None:

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     # --- worker event loop ---------------------------------------------------------
     worker_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """Event loop of `rpcache worker`: uvloop spends less CPU per event (README, Performance)."""
+    worker_processes: int = Field(1, ge=1, le=64)
+    """Processes `rpcache worker` runs in one consumer group (one core each; README)."""
 
     # --- observability (streams/metrics.py, `rpcache check`, /dashboard) -------
     worker_id: str = Field(default_factory=socket.gethostname)

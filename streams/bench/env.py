@@ -123,10 +123,13 @@ async def delete_topics(settings: Settings, prefix: str) -> None:
 class WorkerProcess:
     """A `python -m streams.cli worker` child process with its log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, loop: str | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, loop: str | None = None, processes: int = 1
+    ) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.loop = loop
+        self.processes = processes
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         """time.time() when the process was launched."""
@@ -134,6 +137,8 @@ class WorkerProcess:
     @property
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
+        if self.processes > 1:
+            cmd += ["--processes", str(self.processes)]
         return [*cmd, "--loop", self.loop] if self.loop else cmd
 
     def start(self) -> None:
@@ -163,10 +168,12 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
 
     def peak_rss_mb(self) -> float:
-        """The kernel's high-water mark of the worker's resident memory (VmHWM)."""
+        """The kernel's high-water mark of the worker's resident memory (VmHWM);
+        with several processes, the sum of theirs (the supervisor's included)."""
         if self.proc is None:
             return float("nan")
-        return vm_hwm_mb(self.proc.pid)
+        pids = [self.proc.pid, *child_pids(self.proc.pid)]
+        return sum(vm_hwm_mb(pid) for pid in pids)
 
     def stop(self, timeout_s: float = 60) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; the exit status."""
@@ -180,6 +187,15 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (Linux); none when unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -36,7 +36,12 @@ def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_bench(
-    quick: bool, output: Path, phases: tuple[str, ...], redis_db: int, loop: str | None
+    quick: bool,
+    output: Path,
+    phases: tuple[str, ...],
+    redis_db: int,
+    loop: str | None,
+    processes: int | None = None,
 ) -> int:
     """Run, print the tables, write the JSON; 0 when every measured part ran."""
     console = Console()
@@ -52,6 +57,7 @@ def run_bench(
         redis_db=redis_db,
         progress=lambda text: console.print(f"[dim]{text}…[/]", highlight=False),
         loop=loop,
+        processes=processes,
     )
     bench.results.machine["client_loop"] = "uvloop" if client_loop() else "asyncio"
     console.print(f"[bold]rpcache bench[/] {config.mode}, run {bench.run}; logs in {bench.logs}")

@@ -1,7 +1,8 @@
 """`rpcache bench`: the whole run, in order, each benchmark isolated.
 
-1. throughput: preload the workload once; the ceiling, our worker and the
-   baseline consume it in turn, each with a consumer, database and Redis db
+1. throughput: preload the workload once; the ceiling, our worker (one
+   process, then one per core with `--processes`) and the baseline consume
+   it in turn, each with a consumer, database and Redis db
    of its own (our Redis db is emptied before the baseline fills another, so
    the 1 GB `maxmemory` of the stack never evicts a key being counted);
 2. a live worker: freshness at each rate, then the memory data sets
@@ -110,6 +111,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def default_processes() -> int:
+    """One worker process per core, at most one per partition of a topic (4)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 class Bench:
     """One run: its id, its log directory and its Redis dbs."""
 
@@ -121,9 +127,12 @@ class Bench:
         redis_db: int,
         progress: Progress,
         loop: str | None = None,
+        processes: int | None = None,
     ) -> None:
         self.base = base
         self.config = config
+        self.processes = processes if processes is not None else default_processes()
+        """Worker processes of the second throughput run (1: that run is skipped)."""
         self.run = uuid.uuid4().hex[:6]
         self.redis_db = redis_db
         self.progress = progress
@@ -132,6 +141,7 @@ class Bench:
         self.results = Results(mode=config.mode, machine=machine())
         self.results.machine["config"] = asdict(config)
         self.results.machine["worker_loop"] = loop or base.worker_loop
+        self.results.machine["worker_processes"] = self.processes
 
     async def run_all(self, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
         if "throughput" in phases:
@@ -170,7 +180,26 @@ class Bench:
             r.ours = await tp.run_ours(
                 env, expected, c.events, self.logs / "throughput-worker.log", c.timeout_s, self.loop
             )
-            await env.drop()  # frees Redis for the baseline's copy
+            await env.drop()  # frees Redis for the next copy
+            if self.processes > 1:
+                multi_env = await BenchEnv.create(
+                    self.base, self.run, "multi", self.redis_db, topic_prefix=prefix
+                )
+                try:
+                    self.progress(
+                        f"ours: the same with `rpcache worker --processes {self.processes}`"
+                    )
+                    r.ours_multi = await tp.run_ours(
+                        multi_env,
+                        expected,
+                        c.events,
+                        self.logs / "throughput-workers.log",
+                        c.timeout_s,
+                        self.loop,
+                        processes=self.processes,
+                    )
+                finally:
+                    await multi_env.drop()
             base_env = await BenchEnv.create(
                 self.base, self.run, "naive", self.redis_db + 1, topic_prefix=prefix
             )

@@ -2,9 +2,12 @@
 
 All three read the same preloaded topics (each with a consumer of its own):
 
-- **ours**: a real worker process; timed from its first batch transaction
-  (PostgreSQL's `min(stored_at)`) until PostgreSQL has stored every offset
-  (`consumer_positions`, written in the batch transaction) and Redis holds
+- **ours**: a real worker process (then one per core, `--processes`); timed
+  from its first batch transaction (PostgreSQL's `min(stored_at)`), or from
+  the end of the group's last rebalance when processes joined one after
+  another (events stored before it are not counted), until PostgreSQL has
+  stored every offset (`consumer_positions`, written in the batch
+  transaction) and Redis holds
   every key the workload implies. Worker start-up (Faust boot, group join,
   migrations) is reported apart, as `startup_s`.
 - **baseline**: what a team writes by hand with the same libraries: one
@@ -63,10 +66,31 @@ class Throughput:
     """False when the run stopped at its time cap before the last event."""
     startup_s: float | None = None
     peak_rss_mb: float | None = None
+    processes: int = 1
+    """Worker processes (`rpcache worker --processes`); 1 for the baseline and ceiling."""
+    settle_s: float = 0.0
+    """From the first batch until the group stopped rebalancing (not in `seconds`)."""
 
     @property
     def events_per_s(self) -> float:
         return rate(self.events, self.seconds)
+
+
+RECOVERY_READY = "[^---Recovery]: Worker ready"
+"""What each Faust worker process logs once a rebalance gave it its partitions."""
+
+
+def last_ready(log_text: str) -> float | None:
+    """When the last rebalance of the group ended: the latest `Worker ready` line.
+
+    Faust logs local time, `[2026-11-26 00:27:50,278] [pid] [INFO] ...`.
+    """
+    stamps = [
+        datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for line in log_text.splitlines()
+        if RECOVERY_READY in line and line.startswith("[")
+    ]
+    return max(stamps) if stamps else None
 
 
 async def count_existing(redis: Redis, keys: list[str], chunk: int = 1000) -> int:
@@ -85,9 +109,10 @@ async def run_ours(
     log_path: Path,
     timeout_s: float,
     loop: str | None = None,
+    processes: int = 1,
 ) -> Throughput:
     """Start a worker on the preloaded topics and time it until everything landed."""
-    worker = WorkerProcess(env.env, log_path, loop=loop)
+    worker = WorkerProcess(env.env, log_path, loop=loop, processes=processes)
     redis = Redis.from_url(env.settings.redis_url.get_secret_value())
     keys = expected.redis_keys()
     worker.start()
@@ -113,17 +138,25 @@ async def run_ours(
                 )
             await asyncio.sleep(0.1)
         peak = worker.peak_rss_mb()
-        first = await conn.fetchval("SELECT extract(epoch FROM min(stored_at)) FROM events")
+        first = float(await conn.fetchval("SELECT extract(epoch FROM min(stored_at)) FROM events"))
         stored = await conn.fetchval("SELECT count(*) FROM events")
         dead = await conn.fetchval("SELECT count(*) FROM dead_letters")
         if stored + dead != total or dead:
             raise RuntimeError(f"{stored} events stored and {dead} dead letters, of {total}")
+        # Sustained rate: from the moment the consumer group stopped rebalancing
+        # (several processes join one after the other) or the first batch.
+        stable = max(first, last_ready(worker.log_path.read_text(errors="replace")) or first)
+        before = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE stored_at < to_timestamp($1)", stable
+        )
         return Throughput(
-            events=total,
-            seconds=polled_at - float(first),
+            events=total - int(before),
+            seconds=polled_at - stable,
             complete=True,
-            startup_s=float(first) - worker.started_at,
+            startup_s=first - worker.started_at,
             peak_rss_mb=peak,
+            processes=processes,
+            settle_s=stable - first,
         )
     finally:
         worker.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from datetime import datetime
 
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from streams.bench.memory import MemoryFigure
 from streams.bench.reads import ReadLevel
 from streams.bench.report import Results, build_report, check_targets, served_by, tables
 from streams.bench.stats import Latency, finite, percentile, rate, ratio
-from streams.bench.throughput import Throughput
+from streams.bench.throughput import Throughput, last_ready
 from streams.bench.workload import Workload, ai_misses, audio_pool, open_sessions, voice_misses
 
 
@@ -105,6 +106,36 @@ def test_report_has_the_figures_the_issue_names() -> None:
     assert report["redis_bytes_per_session"] == 700.0
     assert report["worker_peak_rss_mb"] == 210.0
     orjson.dumps(report)  # JSON-ready: no NaN, no dataclasses
+
+
+def test_the_headline_is_the_faster_of_one_process_and_one_per_core() -> None:
+    results = _results(4000.0)
+    results.ours_multi = Throughput(200_000, 200_000 / 7000, True, processes=2)
+    report = build_report(results)
+    assert report["events_per_s"] == 7000.0
+    assert report["worker_processes"] == 2
+    assert report["events_per_s_one_process"] == 4000.0
+    assert report["ours_vs_baseline"] == pytest.approx(7000 / 600, abs=0.01)
+    assert report["throughput"]["ours_processes"]["processes"] == 2
+    assert report["worker_peak_rss_mb"] == 210.0  # of the one-process worker
+    one = build_report(_results(4000.0))
+    assert one["worker_processes"] == 1 and one["events_per_s"] == 4000.0
+    slower = _results(4000.0)
+    slower.ours_multi = Throughput(200_000, 200_000 / 3000, True, processes=2)
+    assert build_report(slower)["worker_processes"] == 1  # the faster one is the headline
+
+
+def test_the_group_is_stable_after_the_last_recovery() -> None:
+    log = (
+        "[2026-11-26 00:27:48,114] [23310] [INFO] [^---Recovery]: Worker ready \n"
+        "[2026-11-26 00:27:49,000] [23310] [INFO] [^Worker]: Ready \n"
+        "[2026-11-26 00:27:50,278] [23311] [INFO] [^---Recovery]: Worker ready \n"
+        "[2026-11-26 00:27:51,000] [23311] [WARNING] something else\n"
+    )
+    stable = last_ready(log)
+    assert stable is not None
+    assert stable - datetime(2026, 11, 26, 0, 27, 48, 114000).timestamp() == pytest.approx(2.164)
+    assert last_ready("[2026-11-26 00:27:48,114] [1] [INFO] starting\n") is None
 
 
 def test_targets_met_and_missed() -> None:

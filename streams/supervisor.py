@@ -1,0 +1,121 @@
+"""`rpcache worker --processes N`: N worker processes of one consumer group.
+
+One worker process is one Python thread for Faust's delivery and our
+pipeline, so it uses at most one core (README, Performance). Faust scales by
+partition: every process of the same APP_ID joins the group and Kafka gives
+each a share of the partitions (4 per topic by default, so up to 4 processes
+are useful). This module starts the processes and keeps them as one unit
+for whoever supervises it (systemd, Docker, a shell):
+
+- each child gets its own `WORKER_ID` (`{WORKER_ID}-{i}`, its heartbeat row)
+  and, with the web server on, its own port (`WORKER_WEB_PORT + i`);
+- SIGTERM or SIGINT is passed to every child; the exit code is 0 when all
+  stopped cleanly;
+- when one child exits by itself (a crash, the watchdog's exit 75), the
+  others are stopped and its exit code is returned, so the outer supervisor
+  restarts the whole worker rather than running on with fewer consumers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 60.0
+"""How long children get to stop cleanly before they are killed."""
+
+
+def child_env(base: Mapping[str, str], index: int, worker_id: str, web_port: int) -> dict[str, str]:
+    """The environment of child `index`: its own heartbeat id and web port."""
+    return {
+        **base,
+        "WORKER_ID": f"{worker_id}-{index}",
+        "WORKER_WEB_PORT": str(web_port + index),
+        "WORKER_PROCESSES": "1",
+    }
+
+
+def child_worker_ids(worker_id: str, processes: int) -> list[str]:
+    """The heartbeat rows of a `--processes` worker (what `rpcache check` reads)."""
+    if processes <= 1:
+        return [worker_id]
+    return [f"{worker_id}-{i}" for i in range(processes)]
+
+
+def run_processes(
+    processes: int,
+    command: Sequence[str],
+    worker_id: str,
+    web_port: int,
+    poll_s: float = 0.2,
+) -> int:
+    """Run `command` `processes` times as children; return the exit code for the parent."""
+    children = [
+        subprocess.Popen(list(command), env=child_env(os.environ, i, worker_id, web_port))
+        for i in range(processes)
+    ]
+    log.info("started %d worker processes: pids %s", processes, [c.pid for c in children])
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stopping:
+            exited = [c for c in children if c.poll() is not None]
+            if exited:
+                first = exited[0]
+                code = exit_code(first.returncode)
+                log.error(
+                    "worker process %d exited with %s; stopping the other %d",
+                    first.pid,
+                    code,
+                    len(children) - len(exited),
+                )
+                _stop_all(children)
+                return code if code != 0 else 1  # a worker never exits by itself
+            time.sleep(poll_s)
+        log.info("signal %d: stopping %d worker processes", stopping[0], len(children))
+        codes = _stop_all(children)
+        return max(codes)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_all(children: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM every live child, wait, kill what is left; return the exit codes."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    codes: list[int] = []
+    for child in children:
+        try:
+            codes.append(exit_code(child.wait(max(0.1, deadline - time.monotonic()))))
+        except subprocess.TimeoutExpired:
+            log.error("worker process %d did not stop in time; killing it", child.pid)
+            child.kill()
+            codes.append(exit_code(child.wait()))
+    return codes
+
+
+def exit_code(returncode: int | None) -> int:
+    """A child's status as a shell reports it: killed by signal N is 128 + N."""
+    if returncode is None:
+        return 1
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def worker_command(loglevel: str) -> list[str]:
+    """How a child is started: this interpreter, `rpcache worker`, one process."""
+    return [sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel]

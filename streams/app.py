@@ -124,6 +124,15 @@ async def sweep_idle_sessions() -> None:
         log.info("idle sweep wrote %d Redis operations", ops)
 
 
+@app.timer(interval=settings.stats_interval_s, on_leader=True)
+async def project_stats() -> None:
+    """The one writer of stats:realtime:{day} (streams/families/stats.py)."""
+    try:
+        await app.runtime.project_stats()
+    except Exception as exc:  # unreachable now; the next tick tries again
+        log.warning("stats projection failed: %r", exc)
+
+
 @app.timer(interval=1.0, on_leader=True)
 async def evaluate_alerts() -> None:
     """Alert thresholds: on every change (debounced to 1 s) and every ALERT_INTERVAL_S."""

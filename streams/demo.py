@@ -32,7 +32,7 @@ from schemas.keys import (
     voice_key,
 )
 from streams.publisher import EventPublisher
-from streams.reducers.sessions import business_day
+from streams.reducers.sessions import SESSIONS_STARTED, business_day
 from streams.runtime import open_pool, open_redis
 from streams.settings import Settings, get_settings
 from streams.simulate import Traffic, simulate
@@ -99,6 +99,21 @@ async def run_demo(users: int, sessions_per_user: int, events: int, timeout_s: f
         await pool.close()
 
 
+async def current_stats(
+    pool: asyncpg.Pool, redis: Redis, day: date, timeout_s: float
+) -> dict[str, str]:
+    """Today's stats hash once the leader's stats timer caught up with PostgreSQL."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = _decode(await redis.hgetall(stats_key(day)))
+        started = await pool.fetchval(
+            "SELECT value FROM daily_counters WHERE day = $1 AND name = $2", day, SESSIONS_STARTED
+        )
+        if stats.get("total_sessions_today") == str(started or 0) or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.1)
+
+
 async def summarise(
     settings: Settings,
     pool: asyncpg.Pool,
@@ -155,7 +170,7 @@ async def summarise(
             key = metrics_key(metric, window)
             metrics.add_row(key, str(await redis.zcard(key)))
     console.print(metrics)
-    stats = _decode(await redis.hgetall(stats_key(today)))
+    stats = await current_stats(pool, redis, today, settings.stats_interval_s * 4 + 1)
     console.print(f"{stats_key(today)} (all runs today) = {stats}")
     console.print(
         f"{user_state_key(t.users[0])} = {_decode(await redis.hgetall(user_state_key(t.users[0])))}"

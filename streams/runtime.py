@@ -7,6 +7,7 @@ pool, the Redis client and one `BatchPipeline` per topic family.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -79,6 +80,7 @@ class Runtime:
     sessions: BatchPipeline
     inference: BatchPipeline
     synthesis: BatchPipeline
+    stats: StatsProjector
     health: ConnectionHealth
     alerts: AlertEngine
     watch: RedisWatch
@@ -91,12 +93,14 @@ class Runtime:
         await ensure_topics(settings)
         pool = await open_pool(settings)
         redis = open_redis(settings)
-        stats = StatsProjector(settings.tz, settings.max_concurrent_sessions)
+        stats = StatsProjector(
+            settings.tz, settings.max_concurrent_sessions, settings.stats_refresh_s
+        )
         health = ConnectionHealth()
         alerts = AlertEngine(
             settings, pool, redis, health, publish, topic_name(settings.topic_prefix, ALERTS_TOPIC)
         )
-        family = SessionFamily(settings.tz, settings.daily_session_quota, stats)
+        family = SessionFamily(settings.tz, settings.daily_session_quota)
         metrics = PipelineMetrics()
 
         def on_batch(outcome: BatchOutcome) -> None:
@@ -125,8 +129,9 @@ class Runtime:
             redis=redis,
             sessions_family=family,
             sessions=pipeline(family),
-            inference=pipeline(CacheFamily(INFERENCE_TOPIC, stats)),
-            synthesis=pipeline(CacheFamily(SYNTHESIS_TOPIC, stats)),
+            inference=pipeline(CacheFamily(INFERENCE_TOPIC, settings.tz)),
+            synthesis=pipeline(CacheFamily(SYNTHESIS_TOPIC, settings.tz)),
+            stats=stats,
             health=health,
             alerts=alerts,
             watch=RedisWatch(pool, redis, settings, _rebuild_announcer(alerts)),
@@ -147,6 +152,20 @@ class Runtime:
             lambda: redis_sink.write(self.redis, ops),
             max_backoff_s=self.settings.retry_max_backoff_s,
         )
+        return len(ops)
+
+    async def project_stats(self) -> int:
+        """Write the stats hashes that are due (leader only); return how many.
+
+        One attempt: while PostgreSQL or Redis is unreachable the next tick
+        tries again, and nothing is remembered as written until Redis took it.
+        """
+        now, now_mono = datetime.now(UTC), time.monotonic()
+        async with self.pool.acquire() as conn, conn.transaction():
+            ops, written = await self.stats.due(conn, now, now_mono)
+        if ops:
+            await redis_sink.write(self.redis, ops)
+            self.stats.remember(written, now_mono)
         return len(ops)
 
     async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:

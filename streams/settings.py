@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(1000, ge=1)
     batch_within_ms: int = Field(50, ge=1)
     session_sweep_interval_s: float = Field(10.0, gt=0)
+    stats_interval_s: float = Field(0.5, gt=0)
+    """How often the leader looks for stats:realtime hashes to rewrite."""
+    stats_refresh_s: float = Field(60.0, gt=0)
+    """A stats hash is rewritten at least this often, changed or not."""
     retry_max_backoff_s: float = Field(5.0, gt=0)
     pg_pool_size: int = Field(4, ge=1)
     kafka_session_timeout_s: float = Field(10.0, ge=6)

@@ -1,9 +1,10 @@
 """The inference and synthesis families: AI-response and voice-clip caches,
-latency metrics and the stats fields they feed.
+latency metrics and the stats counters they feed.
 
 Inside the batch transaction: upsert entries and use counts of the new
 events, add their day counters; then project the entries the batch's misses
-touched, the latency points of every event in the batch, and the stats.
+touched and the latency points of every event in the batch (the stats hash
+is the leader's stats timer's: streams/families/stats.py).
 Voice audio is written to Redis from the event's own base64 string (the same
 bytes PostgreSQL now holds), so a clip is never re-encoded on the hot path.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from schemas.events import AiResponse, Event, VoiceSynthesized
 from schemas.hashing import H
 from schemas.keys import INFERENCE_TOPIC, SYNTHESIS_TOPIC
 from streams.families.base import FamilyResult
-from streams.families.stats import StatsProjector
 from streams.projections import RedisOp, project_ai_response, project_latencies, project_voice
 from streams.reducers.caches import latency_points, reduce_cache_events
 from streams.sinks import postgres as pg
@@ -27,15 +28,15 @@ from streams.sinks.postgres import Connection, StoredEvent
 class CacheFamily:
     """Serves both topics: each event type only touches its own tables."""
 
-    def __init__(self, topic_suffix: str, stats: StatsProjector) -> None:
+    def __init__(self, topic_suffix: str, tz: ZoneInfo) -> None:
         assert topic_suffix in (INFERENCE_TOPIC, SYNTHESIS_TOPIC)
         self.topic_suffix = topic_suffix
-        self.stats = stats
+        self.tz = tz
 
     async def apply(
         self, conn: Connection, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
     ) -> FamilyResult:
-        changes = reduce_cache_events([s.event for s in new], self.stats.tz)
+        changes = reduce_cache_events([s.event for s in new], self.tz)
         await pg.upsert_ai_entries(conn, changes.ai)
         await pg.upsert_voice_entries(conn, changes.voice)
         await pg.add_day_counters(conn, changes.day_counters)
@@ -44,7 +45,6 @@ class CacheFamily:
         ops += await self._ai_ops(conn, events, now)
         ops += await self._voice_ops(conn, events, now)
         ops += project_latencies(latency_points(events), now)
-        ops += await self.stats.project(conn, {d for d, _ in changes.day_counters}, now)
         return FamilyResult(redis_ops=ops)
 
     @staticmethod

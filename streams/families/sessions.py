@@ -1,20 +1,20 @@
-"""The session family: sessions, user state and the session fields of the stats.
+"""The session family: sessions, user state and the session counters of the stats.
 
 Inside the batch transaction: lock the rows the batch touches, reduce the new
 events (pure), save the changed rows and counters, then read back everything
-needed to project absolute Redis values.
+needed to project absolute Redis values. The stats hash itself is written by
+the leader's stats timer (streams/families/stats.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from schemas.events import SessionEvent, SessionScoped
 from schemas.keys import SESSION_TOPIC, SESSION_TTL
 from streams.families.base import FamilyResult
-from streams.families.stats import StatsProjector
 from streams.projections import RedisOp, project_session, project_user
 from streams.reducers.sessions import (
     SessionChanges,
@@ -30,10 +30,9 @@ from streams.state import SessionState, UserState
 class SessionFamily:
     topic_suffix = SESSION_TOPIC
 
-    def __init__(self, tz: ZoneInfo, quota: int, stats: StatsProjector) -> None:
+    def __init__(self, tz: ZoneInfo, quota: int) -> None:
         self.tz = tz
         self.quota = quota
-        self.stats = stats
 
     async def apply(
         self, conn: Connection, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
@@ -54,7 +53,6 @@ class SessionFamily:
             conn,
             [changes.sessions[s] for s in session_ids if s in changes.sessions],
             [changes.users[u] for u in user_ids],
-            {day for day, _ in changes.day_counters},
             now,
         )
         return result
@@ -69,7 +67,6 @@ class SessionFamily:
             conn,
             list(changes.sessions.values()),
             [changes.users[u] for u in changes.dirty_users],
-            set(),
             now,
         )
 
@@ -78,10 +75,9 @@ class SessionFamily:
         conn: Connection,
         sessions: Iterable[SessionState],
         users: Iterable[UserState],
-        days: set[date],
         now: datetime,
     ) -> list[RedisOp]:
-        """Absolute Redis values for these rows and the stats of `days` and today."""
+        """Absolute Redis values for these sessions and users."""
         ops: list[RedisOp] = [project_session(s, now) for s in sessions]
         user_list = list(users)
         user_days = {(u.user_id, business_day(u.last_seen, self.tz)) for u in user_list}
@@ -89,7 +85,6 @@ class SessionFamily:
         for user in user_list:
             count = started.get((user.user_id, business_day(user.last_seen, self.tz)), 0)
             ops.append(project_user(user, count, self.quota, now))
-        ops.extend(await self.stats.project(conn, days, now))
         return ops
 
     @staticmethod

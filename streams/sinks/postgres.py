@@ -342,7 +342,8 @@ async def add_day_counters(conn: Connection, counts: Counter[tuple[date, str]]) 
     await conn.executemany(
         """
         INSERT INTO daily_counters (day, name, value) VALUES ($1, $2, $3)
-        ON CONFLICT (day, name) DO UPDATE SET value = daily_counters.value + EXCLUDED.value
+        ON CONFLICT (day, name) DO UPDATE
+        SET value = daily_counters.value + EXCLUDED.value, updated_at = now()
         """,
         [(day, name, n) for (day, name), n in counts.items()],
     )
@@ -357,6 +358,12 @@ async def day_counters(conn: Connection, days: Iterable[date]) -> dict[date, dic
     for day, name, value in rows:
         out[day][name] = value
     return out
+
+
+async def days_changed_since(conn: Connection, since: datetime) -> set[date]:
+    """Days with a counter that moved in a transaction started after `since`."""
+    rows = await conn.fetch("SELECT DISTINCT day FROM daily_counters WHERE updated_at > $1", since)
+    return {r[0] for r in rows}
 
 
 async def count_open_sessions(conn: Connection, now: datetime, idle_after_s: float) -> int:

@@ -168,7 +168,13 @@ async def test_idle_session_expires(
     almost_idle = datetime.now(UTC) - timedelta(minutes=30) + timedelta(seconds=4)
     sid = await publisher.session_started(u, speaker_id=1, occurred_at=almost_idle)
     await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 1)
-    active_before = int((await hgetall(redis, stats_key(today(settings))))["active_sessions"])
+    # The leader rewrites the stats hash on a timer: wait until it counts this session.
+    open_now = await open_sessions(pool)
+    shown = await eventually(
+        lambda: hgetall(redis, stats_key(today(settings))),
+        lambda s: int(s.get("active_sessions", -1)) == open_now,
+    )
+    active_before = int(shown["active_sessions"])
 
     row = await eventually(
         lambda: pool.fetchrow(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from schemas.keys import epoch_ms
+from streams.families.stats import Written, days_to_write
 from streams.projections import Delete, HashWrite, project_session, project_stats, project_user
 from streams.state import SessionState, UserState
 
@@ -84,3 +85,16 @@ def test_stats_ttl_is_24h_after_the_write() -> None:
         {"active_sessions": "2", "total_sessions_today": "5"},
         epoch_ms(T0 + timedelta(hours=24)),
     )
+
+
+# --- the stats writer -----------------------------------------------------------------
+def test_stats_days_written_on_change_or_when_due_a_refresh() -> None:
+    d1, d2, d3 = date(2026, 11, 25), date(2026, 11, 26), date(2026, 11, 27)
+    current = {d1: {"total_sessions_today": 3}, d2: {"total_sessions_today": 5}, d3: {"x": 1}}
+    written = {
+        d1: Written({"total_sessions_today": 3}, at=100.0),  # same, written 10 s ago
+        d2: Written({"total_sessions_today": 4}, at=109.0),  # changed since
+    }  # d3 never written
+    assert days_to_write(current, written, now_mono=110.0, refresh_s=60.0) == [d2, d3]
+    assert days_to_write(current, written, now_mono=160.0, refresh_s=60.0) == [d1, d2, d3]
+    assert days_to_write({}, written, now_mono=500.0, refresh_s=60.0) == []

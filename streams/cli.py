@@ -208,6 +208,13 @@ def check(
     worker_id: str | None = typer.Option(
         None, "--worker-id", help="Whose heartbeat (default: WORKER_ID, the host name)."
     ),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=1,
+        help="The worker runs with --processes N: check WORKER_ID-0 … WORKER_ID-(N-1)"
+        " (default: WORKER_PROCESSES).",
+    ),
 ) -> None:
     """Health check: the worker's heartbeat is fresh and Kafka, Redis, PostgreSQL answer.
 
@@ -218,7 +225,10 @@ def check(
     from streams.settings import get_settings
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the kafka line says it
-    results = asyncio.run(run_checks(get_settings(), worker_id, max_age))
+    settings = get_settings()
+    if processes is not None:
+        settings = settings.model_copy(update={"worker_processes": processes})
+    results = asyncio.run(run_checks(settings, worker_id, max_age))
     for result in results:
         typer.echo(result.line())
     failed = [r.name for r in results if not r.ok]

@@ -61,7 +61,8 @@ class StatsProjector:
         self.capacity = capacity
         self.refresh_s = refresh_s
         self.written: dict[date, Written] = {}
-        """What this process last wrote; empty after a start or a leadership change."""
+        """What this process last wrote (empty at start). A hash written since by
+        someone else (a replay, an earlier leader) is healed within `refresh_s`."""
 
     async def due(
         self, conn: Connection, now: datetime, now_mono: float
@@ -89,7 +90,3 @@ class StatsProjector:
         horizon = now_mono - LOOKBACK.total_seconds() - self.refresh_s
         for day in [d for d, w in self.written.items() if w.at < horizon]:
             del self.written[day]
-
-    def forget(self) -> None:
-        """Write everything afresh at the next look (a new leader, a Redis data loss)."""
-        self.written.clear()

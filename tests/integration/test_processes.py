@@ -77,9 +77,9 @@ async def live_pids(run: IsolatedRun, not_in: frozenset[int] = frozenset()) -> l
     return [b.pid for b in beats if b is not None]
 
 
-async def check(env: dict[str, str]) -> tuple[int, str]:
+async def check(env: dict[str, str], *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.cli", "check",
+        sys.executable, "-m", "streams.cli", "check", *args,
         env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -117,6 +117,10 @@ async def test_two_processes_share_partitions_and_stop_as_one(test_env: dict[str
         assert len(set(pids)) == 2
         code, out = await check(run.env)
         assert code == 0 and "all 2 processes beat" in out, out
+        code, out = await check({**run.env, "WORKER_PROCESSES": "1"}, "--processes", "2")
+        assert code == 0 and "all 2 processes beat" in out, out
+        code, out = await check({**run.env, "WORKER_PROCESSES": "1"})  # row "procs": none
+        assert code == 1 and "no heartbeat from worker 'procs'" in out, out
 
         # A child that dies takes the whole worker down, for its supervisor to restart.
         os.kill(pids[0], signal.SIGKILL)

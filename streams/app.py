@@ -127,10 +127,17 @@ async def sweep_idle_sessions() -> None:
 @app.timer(interval=settings.stats_interval_s, on_leader=True)
 async def project_stats() -> None:
     """The one writer of stats:realtime:{day} (streams/families/stats.py)."""
+    runtime = app.runtime
     try:
-        await app.runtime.project_stats()
+        await runtime.project_stats()
     except Exception as exc:  # unreachable now; the next tick tries again
-        log.warning("stats projection failed: %r", exc)
+        if not runtime.stats_failing:  # an outage is logged once, not twice a second
+            log.warning("stats projection failed, retrying every tick: %r", exc)
+        runtime.stats_failing = True
+        return
+    if runtime.stats_failing:
+        log.info("stats projection works again")
+    runtime.stats_failing = False
 
 
 @app.timer(interval=1.0, on_leader=True)

@@ -87,6 +87,8 @@ class Runtime:
     watchdog: Watchdog
     metrics: PipelineMetrics
     _offsets_client: AIOKafkaConsumer | None = None
+    stats_failing: bool = False
+    """The last stats tick failed (PostgreSQL or Redis unreachable)."""
 
     @classmethod
     async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:

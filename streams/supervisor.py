@@ -58,18 +58,19 @@ def run_processes(
     poll_s: float = 0.2,
 ) -> int:
     """Run `command` `processes` times as children; return the exit code for the parent."""
-    children = [
-        subprocess.Popen(list(command), env=child_env(os.environ, i, worker_id, web_port))
-        for i in range(processes)
-    ]
-    log.info("started %d worker processes: pids %s", processes, [c.pid for c in children])
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
 
+    # Handlers first: a SIGTERM while the children start must not orphan them.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    children: list[subprocess.Popen[bytes]] = []
     try:
+        for i in range(processes):
+            env = child_env(os.environ, i, worker_id, web_port)
+            children.append(subprocess.Popen(list(command), env=env))
+        log.info("started %d worker processes: pids %s", processes, [c.pid for c in children])
         while not stopping:
             exited = [c for c in children if c.poll() is not None]
             if exited:

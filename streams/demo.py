@@ -36,6 +36,7 @@ from streams.reducers.sessions import SESSIONS_STARTED, business_day
 from streams.runtime import open_pool, open_redis
 from streams.settings import Settings, get_settings
 from streams.simulate import Traffic, simulate
+from streams.sinks import postgres as pg
 from streams.topics import ensure_topics
 
 console = Console()
@@ -106,10 +107,10 @@ async def current_stats(
     deadline = time.monotonic() + timeout_s
     while True:
         stats = _decode(await redis.hgetall(stats_key(day)))
-        started = await pool.fetchval(
-            "SELECT value FROM daily_counters WHERE day = $1 AND name = $2", day, SESSIONS_STARTED
-        )
-        if stats.get("total_sessions_today") == str(started or 0) or time.monotonic() > deadline:
+        async with pool.acquire() as conn:
+            counters = await pg.day_counters(conn, [day])
+        started = counters[day].get(SESSIONS_STARTED, 0)
+        if stats.get("total_sessions_today") == str(started) or time.monotonic() > deadline:
             return stats
         await asyncio.sleep(0.1)
 

@@ -310,3 +310,16 @@ async def read_alerts(
     finally:
         await consumer.stop()
     return seen
+
+
+async def rpcache_check(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`rpcache check` in a child process with `env`: (exit status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.cli", "check", *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

@@ -18,10 +18,8 @@ synthesis 100 / 500 / 500 ms, 1 active session of 2 started today.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,7 +30,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import LOG_DIR, RUN, IsolatedRun, eventually, isolated_run
+from tests.integration.conftest import (
+    LOG_DIR,
+    RUN,
+    IsolatedRun,
+    eventually,
+    isolated_run,
+    rpcache_check,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -151,18 +156,6 @@ async def obs(test_env: dict[str, str]) -> AsyncIterator[Obs]:
         await publish_sequence(run)
         await eventually(o.metrics, settled, timeout_s=60, interval_s=0.5)
         yield o
-
-
-async def rpcache_check(env: dict[str, str], *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.cli", "check", *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 # --- /metrics -----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 
 import aiohttp
 import pytest
@@ -15,7 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams import heartbeat
 from streams.heartbeat import Heartbeat
 from streams.sinks.postgres import Connection
-from tests.integration.conftest import IsolatedRun, eventually, isolated_run, stored_count
+from tests.integration.conftest import (
+    IsolatedRun,
+    eventually,
+    isolated_run,
+    rpcache_check,
+    stored_count,
+)
 
 pytestmark = pytest.mark.integration
 READY = "[^Worker]: Ready"
@@ -77,17 +82,6 @@ async def live_pids(run: IsolatedRun, not_in: frozenset[int] = frozenset()) -> l
     return [b.pid for b in beats if b is not None]
 
 
-async def check(env: dict[str, str], *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.cli", "check", *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    return int(proc.returncode or 0), out.decode()
-
-
 async def test_two_processes_share_partitions_and_stop_as_one(test_env: dict[str, str]) -> None:
     port = two_free_ports()
     async with (
@@ -115,11 +109,11 @@ async def test_two_processes_share_partitions_and_stop_as_one(test_env: dict[str
         # One heartbeat row per child; `rpcache check` wants both.
         pids = await live_pids(run)
         assert len(set(pids)) == 2
-        code, out = await check(run.env)
+        code, out = await rpcache_check(run.env)
         assert code == 0 and "all 2 processes beat" in out, out
-        code, out = await check({**run.env, "WORKER_PROCESSES": "1"}, "--processes", "2")
+        code, out = await rpcache_check({**run.env, "WORKER_PROCESSES": "1"}, "--processes", "2")
         assert code == 0 and "all 2 processes beat" in out, out
-        code, out = await check({**run.env, "WORKER_PROCESSES": "1"})  # row "procs": none
+        code, out = await rpcache_check({**run.env, "WORKER_PROCESSES": "1"})  # row "procs": none
         assert code == 1 and "no heartbeat from worker 'procs'" in out, out
 
         # A child that dies takes the whole worker down, for its supervisor to restart.

@@ -1,4 +1,6 @@
-"""Faust's aiokafka transport with a configurable fetch wait (`KAFKA_FETCH_MAX_WAIT_MS`).
+"""Faust's aiokafka transport: a configurable fetch wait, and read_committed.
+
+Fetch wait (`KAFKA_FETCH_MAX_WAIT_MS`).
 
 Faust hard-codes `fetch_max_wait_ms=1500` for its consumer. aiokafka keeps
 one fetch request in flight per broker, and the broker holds a request whose
@@ -12,6 +14,14 @@ preloaded backlog, Faust alone delivered twice as fast with 100 ms.
 A shorter wait costs an empty fetch round trip every `KAFKA_FETCH_MAX_WAIT_MS`
 per broker when idle, and never adds latency: a fetch returns as soon as any
 of its partitions has data.
+
+Isolation level. Faust reads `read_uncommitted` unless it runs its own
+exactly-once transactions, so a producer that uses Kafka transactions (Java's
+`transactional.id`, librdkafka's, aiokafka's `transactional_id`) would have
+the events of its *aborted* transactions projected. rpcache consumes with
+`read_committed`, as Kafka's documentation asks of consumers of transactional
+producers: aborted records and transaction markers are skipped; messages of
+non-transactional producers are unaffected.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its fetcher.
         consumer._fetch_max_wait_ms = get_settings().kafka_fetch_max_wait_ms
+        consumer._isolation_level = "read_committed"
         return consumer
 
 

@@ -15,7 +15,8 @@ RUN pip install . \
     && useradd --system --create-home --uid 10001 rpcache \
     && install -d -o rpcache -g rpcache /var/lib/rpcache
 
-# Faust keeps its local state ("<app id>-data") in the working directory.
+# Faust's data directory (WORKER_DATA_DIR; created with its parents at start).
+ENV WORKER_DATA_DIR=/var/lib/rpcache/worker
 WORKDIR /var/lib/rpcache
 USER rpcache
 EXPOSE 6066

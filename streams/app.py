@@ -55,6 +55,12 @@ class RpcacheApp(faust.App):
             except Exception:  # warm-up is an optimisation; the worker starts regardless
                 log.exception("warm-up at start failed")
 
+    def _create_directories(self) -> None:
+        """Faust makes `datadir` without its parents; a fresh machine or an empty
+        working directory has none (issue: `rpcache worker` outside the checkout)."""
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
     def _new_transport(self) -> Any:
         """Faust's Kafka transport with our fetch wait (streams/kafka_transport.py)."""
         return KafkaTransport(self.conf.broker_consumer, self)

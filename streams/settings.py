@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.paths import data_home
+
 
 class Settings(BaseSettings):
     """rpcache configuration; build it with `get_settings()`."""
@@ -105,9 +107,11 @@ class Settings(BaseSettings):
     """Budget of each dependency ping of `rpcache check`."""
 
     # --- local stack (`rpcache stack`) -------------------------------------
-    stack_dir: str = ".cache/stack"
-    worker_data_dir: str = ".cache/worker"
-    """Faust's local data directory (no tables are kept there; logs of state only)."""
+    stack_dir: str = Field(default_factory=lambda: str(data_home() / "stack"))
+    """Data, logs and pid files of `rpcache stack` (a relative path is taken from the
+    checkout, or from the per-user home when installed: streams/paths.py)."""
+    worker_data_dir: str = Field(default_factory=lambda: str(data_home() / "worker"))
+    """Faust's local data directory (no tables are kept there); created with its parents."""
 
     @field_validator("business_tz")
     @classmethod

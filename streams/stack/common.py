@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-import streams
+from streams import paths
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -89,21 +89,18 @@ def port_open(address: Address, timeout: float = 0.5) -> bool:
 
 
 def project_root() -> Path:
-    """The source checkout when installed editable (pyproject.toml next to `streams/`), else cwd.
+    """The source checkout when installed editable, else the per-user data home.
 
     Anchoring relative paths here, not in the current directory, lets `stack down`
     run from any directory find the pid files `stack up` wrote.
     """
-    for entry in streams.__path__:
-        candidate = Path(entry).resolve().parent
-        if (candidate / "pyproject.toml").is_file():
-            return candidate
-    return Path.cwd()
+    root = paths.project_root()
+    return root if root is not None else paths.data_home()
 
 
 def cache_root() -> Path:
-    """Downloads shared by every stack of this checkout (Maven repository, Kafka jars)."""
-    return project_root() / ".cache"
+    """Downloads shared by every stack of this home (Maven repository, Kafka jars)."""
+    return paths.data_home()
 
 
 def stack_root(settings: Settings) -> Path:

@@ -127,9 +127,16 @@ class WorkerProcess:
 
     COMMAND = (sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info")
 
-    def __init__(self, env: dict[str, str], name: str, command: tuple[str, ...] = COMMAND) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        name: str,
+        command: tuple[str, ...] = COMMAND,
+        cwd: Path | None = None,
+    ) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{RUN}-{name}.log"
+        self.log_path = LOG_DIR.resolve() / f"{RUN}-{name}.log"
+        self.cwd = cwd
         self.env = {**os.environ, **env}
         self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
@@ -141,6 +148,7 @@ class WorkerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            cwd=self.cwd,
         )
 
     def log_text(self) -> str:
@@ -245,7 +253,7 @@ class IsolatedRun:
 
 @asynccontextmanager
 async def isolated_run(
-    base_env: dict[str, str], name: str, redis_db: int, **extra: str
+    base_env: dict[str, str], name: str, redis_db: int, cwd: Path | None = None, **extra: str
 ) -> AsyncIterator[IsolatedRun]:
     db = f"rpcache_test_{RUN}_{name}"
     env = {
@@ -266,7 +274,7 @@ async def isolated_run(
     pool = await open_pool(settings)
     redis = test_redis(settings.redis_url.get_secret_value())
     await redis.flushdb()
-    worker = WorkerProcess(env, name)
+    worker = WorkerProcess(env, name, cwd=cwd)
     worker.start()
     try:
         await worker.wait_ready()

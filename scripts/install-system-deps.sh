@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs the system packages `rpcache stack up` runs the servers from:
 # redis-server, PostgreSQL, Java 17 and Maven (Kafka itself comes from Maven
-# Central), and chromium, the headless browser the dashboard test drives
-# (Playwright uses it as installed: no browser download). Debian/Ubuntu only;
-# idempotent: a package is installed only when its command is missing, and
-# apt-get update runs at most once.
+# Central), and what some tests run: chromium, the headless browser the
+# dashboard test drives (Playwright uses it as installed: no browser
+# download), pgbouncer, which the transaction-pooler test puts in front of the
+# stack's PostgreSQL, and promtool (Debian's `prometheus` package), which tests
+# the alert rules. Debian/Ubuntu only; idempotent: a package is installed only
+# when its command is missing, and apt-get update runs at most once.
 #
 # Why stop the services the packages start: Debian starts a `main` PostgreSQL
-# cluster on 5432 and a system Redis on 6379 when a service manager runs. They
-# would take the ports of the stack (and the `main` cluster does not accept
-# `postgres@localhost` without a password), so freshly installed ones are
-# stopped and disabled. Services that were installed before are left alone.
+# cluster on 5432, a system Redis on 6379, pgbouncer on 6432 and Prometheus on
+# 9090 when a service manager runs. They would take the ports of the stack or
+# of the tests (and the `main` cluster does not accept `postgres@localhost`
+# without a password), so freshly installed ones are stopped and disabled.
+# Services that were installed before are left alone.
 set -euo pipefail
 
 SUDO=()
@@ -37,15 +40,19 @@ if ! have java || [ "$(java_major)" -lt 17 ]; then
 fi
 have mvn || missing+=(maven)
 have chromium || missing+=(chromium)
+# pgbouncer lives in /usr/sbin, which a normal user's PATH may lack.
+have pgbouncer || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+have promtool || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system deps: redis-server, postgresql, java >= 17, maven and chromium are present"
+  echo "system deps: redis-server, postgresql, java >= 17, maven, chromium, pgbouncer and promtool are present"
   exit 0
 fi
 
 if ! have apt-get; then
   echo "system deps: missing ${missing[*]}, and this is not a Debian-like system:" >&2
-  echo "install Redis 7, PostgreSQL 15+, Java 17+, Maven 3 and Chromium yourself." >&2
+  echo "install Redis 7, PostgreSQL 15+, Java 17+, Maven 3, Chromium, PgBouncer and" >&2
+  echo "Prometheus's promtool yourself." >&2
   exit 1
 fi
 
@@ -75,6 +82,13 @@ for package in "${missing[@]}"; do
           "${SUDO[@]}" pg_ctlcluster "$version" "$cluster" stop >/dev/null 2>&1 || true
         done
       fi
+      ;;
+    pgbouncer)
+      stop_service pgbouncer
+      ;;
+    prometheus)
+      # Only promtool is wanted: the server must not keep 127.0.0.1:9090 busy.
+      stop_service prometheus
       ;;
   esac
 done

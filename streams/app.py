@@ -43,10 +43,16 @@ class RpcacheApp(faust.App):
 
     runtime: Runtime
     observer: Monitor
+    consuming = False
+    """Set once the first partition assignment is done: heartbeats stop saying "starting"."""
 
     async def on_first_start(self) -> None:
+        """Runs before the web server, the consumer and the agents start (mode's Service)."""
         await super().on_first_start()
         self.runtime = await Runtime.start(settings, self._publish)
+        # From now on `rpcache check` and /dashboard see this run, not the row
+        # the previous one left ("stopped", its old pid).
+        await _write_beat(self.runtime, starting=True)
         self.observer = Monitor(self.runtime)
         log.info("rpcache worker configured: %s", settings.redacted())
         if settings.warmup_on_start:
@@ -60,6 +66,13 @@ class RpcacheApp(faust.App):
         working directory has none (issue: `rpcache worker` outside the checkout)."""
         self.conf.datadir.mkdir(parents=True, exist_ok=True)
         super()._create_directories()
+
+    async def on_started(self) -> None:
+        """Faust returns from here once the first assignment is done and the timers run."""
+        await super().on_started()
+        if not self.should_stop:
+            self.consuming = True
+            await _write_beat(self.runtime, starting=False)
 
     def _new_transport(self) -> Any:
         """Faust's Kafka transport with our fetch wait (streams/kafka_transport.py)."""
@@ -205,12 +218,16 @@ async def consumer_watchdog() -> None:
 @app.timer(interval=settings.heartbeat_interval_s)
 async def write_heartbeat() -> None:
     """Tell `rpcache check` this worker's loop runs and reaches PostgreSQL."""
+    await _write_beat(app.runtime, starting=not app.consuming)
+
+
+async def _write_beat(runtime: Runtime, *, starting: bool) -> None:
     try:
         async with (
             asyncio.timeout(settings.heartbeat_interval_s),
-            app.runtime.pool.acquire() as conn,
+            runtime.pool.acquire() as conn,
         ):
-            await heartbeat.beat(conn, settings)
+            await heartbeat.beat(conn, settings, starting=starting)
     except Exception as exc:  # PostgreSQL away: the beat goes stale, the check says so
         log.warning("heartbeat not written: %r", exc)
 

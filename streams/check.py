@@ -5,7 +5,9 @@ Four checks, run concurrently, each within CHECK_TIMEOUT_S:
 - heartbeat: the row of this worker (APP_ID, WORKER_ID) in
   `worker_heartbeats` was written less than HEARTBEAT_MAX_AGE_S ago, by
   PostgreSQL's clock, and the worker did not stop; with WORKER_PROCESSES=N,
-  the rows `WORKER_ID-0` … `WORKER_ID-(N-1)` of all its processes;
+  the rows `WORKER_ID-0` … `WORKER_ID-(N-1)` of all its processes. A worker
+  that wrote its first beat but does not consume yet passes as "starting";
+  if it stays so, its beat goes stale (the timer beats once it consumes);
 - postgres, redis, kafka: a connection is made and the server answers.
 
 Exit status 0 when all pass; 1 otherwise, with one line per check saying why.
@@ -26,6 +28,7 @@ from redis.asyncio import Redis
 
 from schemas.keys import format_utc
 from streams import heartbeat
+from streams.database import asyncpg_options
 from streams.heartbeat import Heartbeat
 from streams.settings import Settings
 from streams.supervisor import child_worker_ids
@@ -57,7 +60,14 @@ def judge_heartbeat(
             "heartbeat",
             False,
             f"{who} is stale: last beat {beat.age_s:.1f} s ago (limit {max_age_s:g} s,"
-            f" pid {beat.pid} on {beat.host})",
+            f" pid {beat.pid} on {beat.host}{', still starting' if beat.starting else ''})",
+        )
+    if beat.starting:
+        return CheckResult(
+            "heartbeat",
+            True,
+            f"{who} is starting, not consuming yet: beat {beat.age_s:.1f} s ago"
+            f" (pid {beat.pid} on {beat.host})",
         )
     return CheckResult(
         "heartbeat", True, f"{who} beat {beat.age_s:.1f} s ago (pid {beat.pid} on {beat.host})"
@@ -99,7 +109,9 @@ async def check_postgres(
 
     async def probe() -> str:
         conn = await asyncpg.connect(
-            settings.database_url.get_secret_value(), timeout=settings.check_timeout_s
+            settings.database_url.get_secret_value(),
+            timeout=settings.check_timeout_s,
+            **asyncpg_options(settings),
         )
         try:
             version = await conn.fetchval("SHOW server_version")

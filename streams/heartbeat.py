@@ -7,7 +7,11 @@ of both. The row's times come from PostgreSQL's clock, so the age the check
 computes does not depend on the clocks of the two hosts.
 
 A beat proves the worker's event loop is alive and can write to PostgreSQL;
-the timer that writes it runs on the same loop as the agents.
+the timer that writes it runs on the same loop as the agents. The first beat
+of a run is written as soon as the worker's connections are open, before its
+web server and agents start, marked `starting`: from then on the check and the
+dashboard see this run (its pid), never the row the previous run left. The
+mark goes once the worker consumes (its first partition assignment is done).
 """
 
 from __future__ import annotations
@@ -35,23 +39,26 @@ class Heartbeat:
     stopped_at: datetime | None
     age_s: float
     """Seconds since beat_at, by PostgreSQL's clock."""
+    starting: bool = False
+    """Written at start and not consuming yet (no partition assignment so far)."""
 
 
-async def beat(conn: Connection, settings: Settings) -> None:
-    """Record that this worker is alive now."""
+async def beat(conn: Connection, settings: Settings, *, starting: bool = False) -> None:
+    """Record that this worker is alive now (and whether it is still starting)."""
     await conn.execute(
         "INSERT INTO worker_heartbeats"
-        " (app_id, worker_id, host, pid, web_port, started_at, beat_at, stopped_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, now(), NULL)"
+        " (app_id, worker_id, host, pid, web_port, started_at, beat_at, stopped_at, starting)"
+        " VALUES ($1, $2, $3, $4, $5, $6, now(), NULL, $7)"
         " ON CONFLICT (app_id, worker_id) DO UPDATE SET host = EXCLUDED.host,"
         " pid = EXCLUDED.pid, web_port = EXCLUDED.web_port, started_at = EXCLUDED.started_at,"
-        " beat_at = now(), stopped_at = NULL",
+        " beat_at = now(), stopped_at = NULL, starting = EXCLUDED.starting",
         settings.app_id,
         settings.worker_id,
         socket.gethostname(),
         os.getpid(),
         settings.worker_web_port if settings.worker_web_enabled else None,
         STARTED_AT,
+        starting,
     )
 
 
@@ -68,7 +75,7 @@ async def stopped(conn: Connection, settings: Settings) -> None:
 
 _SELECT = (
     "SELECT worker_id, host, pid, web_port, started_at, beat_at, stopped_at,"
-    " extract(epoch FROM now() - beat_at)::float8 AS age_s FROM worker_heartbeats"
+    " extract(epoch FROM now() - beat_at)::float8 AS age_s, starting FROM worker_heartbeats"
 )
 
 

@@ -348,6 +348,7 @@ class Monitor:
                     "pid": w.pid,
                     "beat_age_s": w.age_s,
                     "stopped": w.stopped_at is not None,
+                    "starting": w.starting and w.stopped_at is None,
                 }
                 for w in self._workers
             ],

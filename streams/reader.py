@@ -79,6 +79,7 @@ from schemas.keys import (
     voice_key_for_hash,
 )
 from streams import recompute
+from streams.database import pool_options
 from streams.errors import RpcacheError
 from streams.projections import Delete, HashWrite, RedisOp, StringWrite
 from streams.settings import Settings, get_settings
@@ -365,6 +366,7 @@ class CacheReader:
                 min_size=0,
                 max_size=self.settings.pg_pool_size,
                 command_timeout=POSTGRES_TIMEOUT_S,
+                **pool_options(self.settings),
             )
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ from schemas.keys import (
 )
 from streams import deadletters
 from streams.alerts import Alert, AlertEngine
+from streams.database import pool_options
 from streams.families.base import Family
 from streams.families.caches import CacheFamily
 from streams.families.sessions import SessionFamily
@@ -52,6 +53,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             min_size=1,
             max_size=settings.pg_pool_size,
             command_timeout=60,
+            **pool_options(settings),
         )
         assert pool is not None
         return pool
@@ -121,6 +123,7 @@ class Runtime:
                 max_event_bytes=settings.max_event_bytes,
                 max_audio_bytes=settings.voice_max_audio_bytes,
                 max_backoff_s=settings.retry_max_backoff_s,
+                max_clock_skew_s=settings.max_clock_skew_s,
                 health=health,
                 on_batch=on_batch,
             )

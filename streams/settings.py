@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(1_048_576, ge=1024)
     voice_max_audio_bytes: int = Field(716_800, ge=1)
     """Decoded audio of one voice clip; base64 of 700 KiB still fits MAX_EVENT_BYTES."""
+    max_clock_skew_s: float = Field(300.0, ge=0)
+    """An event whose occurred_at is later than now + this is dead-lettered
+    (`occurred_in_future`): producers' clocks may run ahead a little, not a year."""
     max_concurrent_sessions: int = Field(30, ge=1)
     """Capacity behind system_load = active_sessions / this (the design's phase 3)."""
     batch_max_events: int = Field(1000, ge=1)
@@ -50,6 +53,10 @@ class Settings(BaseSettings):
     """A stats hash is rewritten at least this often, changed or not."""
     retry_max_backoff_s: float = Field(5.0, gt=0)
     pg_pool_size: int = Field(4, ge=1)
+    database_pooler: Literal["none", "transaction"] = "none"
+    """What DATABASE_URL points at: PostgreSQL itself (or a session pooler), or a pooler
+    in transaction mode (pgbouncer `pool_mode = transaction`): no prepared statement
+    is kept between transactions (streams/database.py)."""
     kafka_session_timeout_s: float = Field(10.0, ge=6)
     """How soon a crashed worker's partitions go to another (broker minimum: 6 s)."""
     kafka_fetch_max_wait_ms: int = Field(100, ge=1)

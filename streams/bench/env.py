@@ -24,6 +24,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
+from streams.database import asyncpg_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -80,7 +81,7 @@ class BenchEnv:
         settings = Settings(**{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
         await asyncio.to_thread(Path(settings.worker_data_dir).mkdir, parents=True, exist_ok=True)
         admin_url = with_database(base.database_url.get_secret_value(), "postgres")
-        conn = await asyncpg.connect(admin_url)
+        conn = await asyncpg.connect(admin_url, **asyncpg_options(settings))
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             await conn.execute(f'CREATE DATABASE "{database}"')
@@ -96,7 +97,7 @@ class BenchEnv:
 
     async def drop(self) -> None:
         """Drop the database and empty the Redis db (topics: `delete_topics`)."""
-        conn = await asyncpg.connect(self.admin_url)
+        conn = await asyncpg.connect(self.admin_url, **asyncpg_options(self.settings))
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         finally:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from streams.bench.env import BenchEnv, WorkerProcess
 from streams.bench.kafka import fast_producer, send_all
 from streams.bench.workload import Message
+from streams.database import asyncpg_options
 
 
 class LiveWorker:
@@ -36,7 +37,10 @@ class LiveWorker:
     async def __aenter__(self) -> LiveWorker:
         self.worker.start()
         await self.worker.wait_ready()
-        self._conn = await asyncpg.connect(self.env.settings.database_url.get_secret_value())
+        self._conn = await asyncpg.connect(
+            self.env.settings.database_url.get_secret_value(),
+            **asyncpg_options(self.env.settings),
+        )
         await self.producer.start()
         return self
 

@@ -54,6 +54,7 @@ from streams.bench.env import BenchEnv, WorkerProcess
 from streams.bench.kafka import plain_consumer, source_topics
 from streams.bench.stats import rate
 from streams.bench.workload import Expected
+from streams.database import asyncpg_options
 
 
 @dataclass
@@ -169,7 +170,9 @@ async def _connect_migrated(
     env: BenchEnv, worker: WorkerProcess, timeout_s: float
 ) -> asyncpg.Connection[asyncpg.Record]:
     """A connection to the benchmark database once the worker has created the schema."""
-    conn = await asyncpg.connect(env.settings.database_url.get_secret_value())
+    conn = await asyncpg.connect(
+        env.settings.database_url.get_secret_value(), **asyncpg_options(env.settings)
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         if await conn.fetchval("SELECT to_regclass('consumer_positions') IS NOT NULL"):
@@ -195,7 +198,9 @@ CREATE TABLE IF NOT EXISTS naive_events (
 
 async def run_baseline(env: BenchEnv, prefix: str, total: int, cap_s: float) -> Throughput:
     """The same events through a per-event consumer; see the module docstring."""
-    conn = await asyncpg.connect(env.settings.database_url.get_secret_value())
+    conn = await asyncpg.connect(
+        env.settings.database_url.get_secret_value(), **asyncpg_options(env.settings)
+    )
     await conn.execute(NAIVE_SCHEMA)
     redis = Redis.from_url(env.settings.redis_url.get_secret_value())
     consumer = plain_consumer(env.settings, group=f"{env.settings.app_id}-naive")

@@ -1,6 +1,9 @@
 """Fixtures for tests against the real Kafka, Redis and PostgreSQL.
 
-The stack must be up (`make test` runs `rpcache stack up` first). Each test
+The stack must be up (`make test` runs `rpcache stack up` first): when Kafka,
+Redis or PostgreSQL does not answer within a few seconds, every integration
+test is skipped with one message naming them (failed under
+RPCACHE_REQUIRE_STACK=1, which `make test` sets). Each test
 session gets its own topic prefix, consumer group, PostgreSQL database and
 Redis database, so runs never see each other's data. Workers are real
 `rpcache worker` processes, started and killed like an operator would.
@@ -10,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,10 +36,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streams.check import check_kafka, check_redis
 from streams.publisher import EventPublisher
 from streams.runtime import open_pool
 from streams.settings import Settings, get_settings
 from streams.topics import ensure_topics
+from tests import needs
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -55,6 +62,58 @@ def test_redis(url: str) -> Redis:
 def _with_db(url: str, db: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+STACK_PING_S = 3.0
+"""How long the servers get to answer before the integration tests are skipped."""
+
+
+async def silent_servers(base: Settings, timeout_s: float = STACK_PING_S) -> list[str]:
+    """The stack's servers that do not answer within `timeout_s`, each with why (concurrently)."""
+    quick = base.model_copy(update={"check_timeout_s": timeout_s})
+
+    async def postgres() -> str | None:
+        url = _with_db(base.database_url.get_secret_value(), "postgres")
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn = await asyncpg.connect(url, timeout=timeout_s)
+                await conn.close()
+        except TimeoutError:
+            return f"no answer within {timeout_s:g} s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def check(probe: Awaitable[Any]) -> str | None:
+        result = await probe
+        return None if result.ok else str(result.detail)
+
+    names = ("Kafka", "Redis", "PostgreSQL")
+    addresses = (
+        base.kafka_bootstrap_servers,
+        urlsplit(base.redis_url.get_secret_value()).netloc.rpartition("@")[2],
+        urlsplit(base.database_url.get_secret_value()).netloc.rpartition("@")[2],
+    )
+    why = await asyncio.gather(check(check_kafka(quick)), check(check_redis(quick)), postgres())
+    return [
+        f"{n} ({a}): {w.rstrip('.')}" for n, a, w in zip(names, addresses, why, strict=True) if w
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def stack_answers() -> None:
+    """Skip (or fail) every integration test at once when the stack is not up.
+
+    Without this, each test would wait for the servers (ensure_topics retries
+    forever) until its timeout.
+    """
+    silent = await silent_servers(get_settings())
+    if silent:
+        needs.missing(
+            "the stack does not answer: "
+            + "; ".join(silent)
+            + ". Start it with `.venv/bin/rpcache stack up` (or `make stack-up`)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -331,3 +390,80 @@ async def rpcache_check(env: dict[str, str], *args: str) -> tuple[int, str]:
     out, _ = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
+
+
+# --- private redis-server processes --------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of this test only, on a free port, memory only."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.port = free_port()
+        self.workdir = workdir
+        self.argv = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(workdir),
+            "--repl-diskless-sync-delay", "0",
+            *extra,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, decode_responses=True, socket_timeout=2)
+
+    def spawn(self) -> None:
+        with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+
+    async def start(self) -> None:
+        """Spawn the server and wait until it answers PING."""
+        self.spawn()
+        assert self.proc is not None
+        client = self.client()
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                assert self.proc.poll() is None, f"redis-server on {self.port} exited"
+                with suppress(Exception):  # not up yet
+                    if await client.ping():
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis-server on {self.port} did not answer")
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[list[PrivateRedis]]:
+    """Servers the test starts; every one is killed at the end, whatever happened."""
+    servers: list[PrivateRedis] = []
+    yield servers
+    for s in servers:
+        s.kill()

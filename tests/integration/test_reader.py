@@ -10,14 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +35,7 @@ from schemas.keys import (
 from streams.publisher import EventPublisher
 from streams.reader import BreakerState, CacheReader, ReadResult
 from streams.settings import Settings
-from tests.integration.conftest import WorkerProcess, eventually
+from tests.integration.conftest import PrivateRedis, WorkerProcess, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -217,83 +212,6 @@ async def test_expired_entries_are_misses_everywhere(
         assert r.stats.misses == 3
         assert r.stats.write_backs == 0
     assert await redis.exists(ai_response_key(prompt), session_key(sid)) == 0
-
-
-# --- private redis-server processes --------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A redis-server of this test only, on a free port, memory only."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.port = free_port()
-        self.workdir = workdir
-        self.argv = [
-            binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(workdir),
-            "--repl-diskless-sync-delay", "0",
-            *extra,
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> Redis:
-        return Redis.from_url(self.url, decode_responses=True, socket_timeout=2)
-
-    def spawn(self) -> None:
-        with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-
-    async def start(self) -> None:
-        """Spawn the server and wait until it answers PING."""
-        self.spawn()
-        assert self.proc is not None
-        client = self.client()
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                assert self.proc.poll() is None, f"redis-server on {self.port} exited"
-                with suppress(Exception):  # not up yet
-                    if await client.ping():
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server on {self.port} did not answer")
-                await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[list[PrivateRedis]]:
-    """Servers the test starts; every one is killed at the end, whatever happened."""
-    servers: list[PrivateRedis] = []
-    yield servers
-    for s in servers:
-        s.kill()
 
 
 async def info(server: PrivateRedis, section: str) -> dict[str, Any]:

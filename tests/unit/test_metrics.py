@@ -41,6 +41,7 @@ from streams.monitor import consumer_lag
 from streams.pipeline import BatchOutcome, BatchPipeline, RawMessage
 from streams.reader import CacheReader
 from streams.settings import Settings
+from tests import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -238,9 +239,9 @@ def test_consumer_lag_counts_what_postgres_does_not_hold_yet() -> None:
     assert consumer_lag(ends, begins, positions) == {a: 0, b: 5, c: 5, d: 50}
 
 
-def beat(age_s: float, stopped: bool = False) -> Heartbeat:
+def beat(age_s: float, stopped: bool = False, starting: bool = False) -> Heartbeat:
     at = datetime(2025, 1, 30, 10, 30, tzinfo=UTC)
-    return Heartbeat("w1", "host", 42, 6066, at, at, at if stopped else None, age_s)
+    return Heartbeat("w1", "host", 42, 6066, at, at, at if stopped else None, age_s, starting)
 
 
 def test_judge_heartbeat() -> None:
@@ -252,6 +253,15 @@ def test_judge_heartbeat() -> None:
     missing = judge_heartbeat(None, "rpcache", "w1", 30)
     assert not missing.ok and "no heartbeat" in missing.detail
     assert missing.line().startswith("FAIL  heartbeat")
+    running = judge_heartbeat(beat(3.0), "rpcache", "w1", 30)
+    assert "starting" not in running.detail and "beat 3.0 s ago (pid 42" in running.detail
+    starting = judge_heartbeat(beat(0.5, starting=True), "rpcache", "w1", 30)
+    assert starting.ok and "is starting, not consuming yet" in starting.detail
+    assert "pid 42" in starting.detail
+    stuck = judge_heartbeat(beat(31.0, starting=True), "rpcache", "w1", 30)
+    assert not stuck.ok and "stale" in stuck.detail and "still starting" in stuck.detail
+    # a stopped row says stopped, whatever it said before
+    assert "stopped" in judge_heartbeat(beat(1.0, True, True), "rpcache", "w1", 30).detail
 
 
 # --- the Prometheus files and the dashboard page ---------------------------------------
@@ -280,11 +290,15 @@ def test_prometheus_rules_equal_the_alert_engines_thresholds() -> None:
         assert f">= {settings.alert_min_samples}" in str(by_engine_rule[name]["expr"])
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        needs.missing(
+            "promtool not found: `make setup` installs it (Debian: apt-get install prometheus)"
+        )
     folder = ROOT / "prometheus"
     tested = subprocess.run(
-        ["promtool", "test", "rules", "alerts_test.yml"],
+        [promtool, "test", "rules", "alerts_test.yml"],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -295,7 +309,7 @@ def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
     (tmp_path / "prometheus.yml").write_text(config)
     shutil.copy(folder / "alerts.yml", tmp_path / "alerts.yml")
     checked = subprocess.run(
-        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
         capture_output=True,
         text=True,
         check=False,

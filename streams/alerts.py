@@ -25,13 +25,11 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 import asyncpg
-import orjson
 from redis.asyncio import Redis
 
-from schemas.keys import format_utc
+from schemas.messages import AlertLevel, AlertMessage, AlertState
 from streams.deadletters import Publish
 from streams.health import ConnectionHealth
 from streams.projections import stats_fields
@@ -42,7 +40,7 @@ from streams.sinks import postgres as pg
 
 log = logging.getLogger(__name__)
 
-Level = Literal["WARNING", "CRITICAL"]
+Level = AlertLevel
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
@@ -73,25 +71,27 @@ class Reading:
 @dataclass(frozen=True, slots=True)
 class Alert:
     rule: str
-    state: Literal["firing", "resolved"]
+    state: AlertState
     level: Level
     metric: str
     value: float
     threshold: float
     time: datetime
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "rule": self.rule,
-                "state": self.state,
-                "level": self.level,
-                "metric": self.metric,
-                "value": self.value,
-                "threshold": self.threshold,
-                "time": format_utc(self.time),
-            }
+    def message(self) -> AlertMessage:
+        """What is published on `{prefix}alerts` (schemas/json/alert.schema.json)."""
+        return AlertMessage(
+            rule=self.rule,
+            state=self.state,
+            level=self.level,
+            metric=self.metric,
+            value=self.value,
+            threshold=self.threshold,
+            time=self.time,
         )
+
+    def to_json(self) -> bytes:
+        return self.message().to_json()
 
 
 def rules(settings: Settings) -> list[Rule]:

@@ -7,6 +7,7 @@ rpcache replay          rebuild Redis from PostgreSQL (all or some families, rat
 rpcache warmup          load the most used entries into Redis
 rpcache check           exit 0 when the worker's heartbeat is fresh and its dependencies answer
 rpcache bench           throughput, freshness, reads and memory against the local stack
+rpcache schemas         write the JSON Schema of every message on the topics (for analysts)
 """
 
 from __future__ import annotations
@@ -268,6 +269,41 @@ def bench(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     raise typer.Exit(run_bench(quick, output, phases, redis_db, None, processes))
+
+
+@cli.command("schemas")
+def schemas_command(
+    out: Path = typer.Option(
+        Path("schemas/json"),
+        "--out",
+        "-o",
+        help="Directory to write into, created if missing. The default, ./schemas/json, is"
+        " where a checkout keeps the committed copies: run it from the checkout's root.",
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Write nothing; exit 1 when the files in --out differ."
+    ),
+) -> None:
+    """Write the JSON Schema (draft 2020-12) of every message on rpcache's topics.
+
+    One file per event type (e.g. session.started.schema.json), plus
+    dead-letter.schema.json and alert.schema.json, generated from the models
+    the worker validates and publishes with. The same files are installed
+    with the package (the `schemas/json` directory beside schemas/events.py).
+    """
+    from schemas.published import drift, write
+
+    if check:
+        problems = drift(out)
+        for problem in problems:
+            typer.echo(f"{out / problem}", err=True)
+        if problems:
+            typer.echo("schemas drifted from the models: run `rpcache schemas`", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out}: up to date")
+        return
+    for path in write(out):
+        typer.echo(str(path))
 
 
 def main() -> None:

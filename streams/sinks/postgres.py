@@ -118,12 +118,21 @@ async def insert_dead_letters(conn: Connection, rows: Sequence[DeadLetterRow]) -
     )
 
 
-async def unpublished_dead_letters(conn: Connection, limit: int) -> list[asyncpg.Record]:
+async def claim_unpublished_dead_letters(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    """Lock up to `limit` unpublished dead letters, oldest first, for this transaction.
+
+    `SKIP LOCKED`: rows another flush holds (a task of this process or another
+    worker process) are passed over, so no two flushes publish the same row;
+    a row it has marked and committed no longer matches `published_at IS NULL`.
+    Must run inside a transaction, which keeps the claim until it ends (a row
+    lock, so it also holds behind a transaction-mode pooler such as pgbouncer).
+    """
     return await conn.fetch(
         """
         SELECT id, topic, kafka_partition, kafka_offset, message_key, reason, detail,
                event_id, original, created_at
         FROM dead_letters WHERE published_at IS NULL ORDER BY id LIMIT $1
+        FOR UPDATE SKIP LOCKED
         """,
         limit,
     )
@@ -341,7 +350,7 @@ async def add_day_counters(conn: Connection, counts: Counter[tuple[date, str]]) 
         return
     await conn.executemany(
         """
-        INSERT INTO daily_counters (day, name, value) VALUES ($1, $2, $3)
+        INSERT INTO daily_counters (day, name, value) VALUES ($1, $2, $3::numeric)
         ON CONFLICT (day, name) DO UPDATE
         SET value = daily_counters.value + EXCLUDED.value, updated_at = now()
         """,
@@ -350,13 +359,15 @@ async def add_day_counters(conn: Connection, counts: Counter[tuple[date, str]]) 
 
 
 async def day_counters(conn: Connection, days: Iterable[date]) -> dict[date, dict[str, int]]:
+    """Every counter of `days` (days without any map to {}); values are whole numbers
+    (`numeric` in the table, so no sum can overflow: migration 005)."""
     wanted = sorted(set(days))
     out: dict[date, dict[str, int]] = {d: {} for d in wanted}
     rows = await conn.fetch(
         "SELECT day, name, value FROM daily_counters WHERE day = ANY($1::date[])", wanted
     )
     for day, name, value in rows:
-        out[day][name] = value
+        out[day][name] = int(value)
     return out
 
 

@@ -1,0 +1,130 @@
+"""The dead-letter and alert messages: built through their models, stable ids, wire fields."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.messages import (
+    DEAD_LETTER_ID_NAMESPACE,
+    KAFKA_ORIGINAL_LIMIT,
+    AlertMessage,
+    DeadLetterMessage,
+    dead_letter_id,
+)
+from streams.alerts import Alert
+from streams.deadletters import dead_letter_message
+
+AT = datetime(2025, 1, 30, 10, 30, 0, 123456, tzinfo=UTC)
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    """A dead_letters row as asyncpg returns it."""
+    base: dict[str, Any] = {
+        "id": 7,
+        "topic": "roleplay.session-events",
+        "kafka_partition": 3,
+        "kafka_offset": 42,
+        "message_key": b"user123",
+        "reason": "invalid_json",
+        "detail": "not UTF-8 JSON: unexpected end of data",
+        "event_id": None,
+        "original": b'{"type": "user.login", ',
+        "created_at": AT,
+    }
+    return base | changes
+
+
+def test_dead_letter_id_is_fixed_forever() -> None:
+    """Consumers dedupe on it across releases: the namespace and the name never change."""
+    assert dead_letter_id("roleplay.session-events", 3, 42, "invalid_json") == (
+        "a1923ce2-9be4-5af4-aaa8-361b96e56708"
+    )
+    assert DEAD_LETTER_ID_NAMESPACE == uuid.UUID("2904e525-f308-4d91-b936-502d96f7f8bb")
+    assert dead_letter_id("t", 0, 1, "r") == str(uuid.uuid5(DEAD_LETTER_ID_NAMESPACE, "t/0/1/r"))
+
+
+def test_dead_letter_id_depends_on_each_part_of_the_row_key() -> None:
+    ids = {
+        dead_letter_id("roleplay.session-events", 3, 42, "invalid_json"),
+        dead_letter_id("roleplay.inference-events", 3, 42, "invalid_json"),
+        dead_letter_id("roleplay.session-events", 2, 42, "invalid_json"),
+        dead_letter_id("roleplay.session-events", 3, 43, "invalid_json"),
+        dead_letter_id("roleplay.session-events", 3, 42, "unknown_session"),
+        dead_letter_id("roleplay.session-events", 34, 2, "invalid_json"),
+    }
+    assert len(ids) == 6
+    assert uuid.UUID(next(iter(ids))).version == 5
+
+
+def test_the_same_row_gives_the_same_message() -> None:
+    """A republish after a crash, or a redelivery that hits the same row: same id, same bytes."""
+    first = dead_letter_message(row()).to_json()
+    again = dead_letter_message(row(id=8, message_key=b"user123")).to_json()
+    assert first == again
+    other = orjson.loads(dead_letter_message(row(reason="unknown_session")).to_json())
+    assert other["dead_letter_id"] != orjson.loads(first)["dead_letter_id"]
+
+
+def test_dead_letter_wire_fields() -> None:
+    msg = orjson.loads(dead_letter_message(row(event_id="not-a-uuid")).to_json())
+    assert msg == {
+        "dead_letter_id": "a1923ce2-9be4-5af4-aaa8-361b96e56708",
+        "reason": "invalid_json",
+        "detail": "not UTF-8 JSON: unexpected end of data",
+        "source_topic": "roleplay.session-events",
+        "partition": 3,
+        "offset": 42,
+        "event_id": "not-a-uuid",
+        "key": "user123",
+        "original": base64.b64encode(b'{"type": "user.login", ').decode(),
+        "original_size": 23,
+        "original_truncated": False,
+        "dead_lettered_at": "2025-01-30T10:30:00.123456Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("original", "key", "want_key", "size", "truncated"),
+    [
+        (None, None, None, 0, False),  # a tombstone without a key
+        (b"x" * KAFKA_ORIGINAL_LIMIT, b"\xff\xfe", "\ufffd\ufffd", KAFKA_ORIGINAL_LIMIT, False),
+        (b"y" * (KAFKA_ORIGINAL_LIMIT + 1), b"k", "k", KAFKA_ORIGINAL_LIMIT + 1, True),
+    ],
+)
+def test_dead_letter_original_and_key(
+    original: bytes | None, key: bytes | None, want_key: str | None, size: int, truncated: bool
+) -> None:
+    msg = dead_letter_message(row(original=original, message_key=key))
+    assert msg.key == want_key
+    assert msg.original_size == size and msg.original_truncated is truncated
+    assert base64.b64decode(msg.original) == (original or b"")[:KAFKA_ORIGINAL_LIMIT]
+
+
+def test_consumers_can_parse_with_the_models() -> None:
+    msg = dead_letter_message(row())
+    assert DeadLetterMessage.model_validate_json(msg.to_json()) == msg
+    later = orjson.loads(msg.to_json()) | {"a_field_added_later": 1}
+    assert DeadLetterMessage.model_validate(later) == msg
+    alert = Alert("redis_memory_high", "firing", "CRITICAL", "redis_memory_ratio", 0.93, 0.9, AT)
+    assert AlertMessage.model_validate_json(alert.to_json()) == alert.message()
+
+
+def test_alert_is_published_through_its_model() -> None:
+    alert = Alert("redis_rebuild", "resolved", "WARNING", "redis_keys_rebuilt", 1200, 0.0, AT)
+    assert orjson.loads(alert.to_json()) == {
+        "rule": "redis_rebuild",
+        "state": "resolved",
+        "level": "WARNING",
+        "metric": "redis_keys_rebuilt",
+        "value": 1200.0,
+        "threshold": 0.0,
+        "time": "2025-01-30T10:30:00.123456Z",
+    }
+    with pytest.raises(ValueError, match="finite"):
+        Alert("x", "firing", "WARNING", "m", float("nan"), 1.0, AT).to_json()

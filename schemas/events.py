@@ -38,11 +38,28 @@ from schemas.keys import INFERENCE_TOPIC, SESSION_TOPIC, SYNTHESIS_TOPIC, format
 USER_ID_PATTERN: Final = r"^[A-Za-z0-9_.@-]{1,128}$"
 """SPEC §3. Also used for scenario ids: anything that ends up in a key."""
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+RFC3339_PATTERN: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+"""What an occurred_at must look like (ASCII digits); the published schemas carry it too."""
+UUID_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN)
+_UUID = re.compile(UUID_PATTERN)
+BASE64_PATTERN: Final = (
+    r"^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)"
+    r"|(?:[A-Za-z0-9+/]{4})+=*)?$"
+)
+"""Base64 as `binascii.a2b_base64(strict_mode=True)` accepts it, for the published schema:
+padded groups, no whitespace; CPython also takes `=`s after a last complete group."""
 MAX_INT32: Final = 2_147_483_647
+"""Bound of speaker_id: PostgreSQL's `integer` column, and far beyond any voice catalogue."""
+MAX_LATENCY_MS: Final = 86_400_000.0
+"""Bound of latency_ms (24 h). SPEC §3 says only "number ≥ 0"; a latency longer than a
+day is a unit error (nanoseconds or microseconds sent as ms) and would swamp the day's
+avg_response_time, so it is dead-lettered as `out_of_range` (README, Decisions)."""
 EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST: Final = datetime(2999, 12, 31, tzinfo=UTC)
 """Event times outside these are typos, and TTL arithmetic near year 9999 overflows."""
@@ -84,29 +101,56 @@ def parse_rfc3339(value: object) -> datetime:
     return moment
 
 
-EventId = Annotated[str, Field(strict=True), AfterValidator(_uuid_text)]
+EventId = Annotated[
+    str,
+    # The pattern is checked by _uuid_text (faster); json_schema_extra only publishes it.
+    Field(strict=True, json_schema_extra={"pattern": UUID_PATTERN}),
+    AfterValidator(_uuid_text),
+]
 SessionId = EventId
 UserId = Annotated[str, Field(strict=True, pattern=USER_ID_PATTERN)]
 ScenarioId = UserId
 Timestamp = Annotated[
     datetime,
+    Field(json_schema_extra={"pattern": RFC3339_PATTERN}),
     BeforeValidator(parse_rfc3339),
     PlainSerializer(format_utc, return_type=str),
 ]
 SpeakerId = Annotated[int, Field(strict=True, ge=0, le=MAX_INT32)]
-LatencyMs = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+LatencyMs = Annotated[float, Field(strict=True, ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
 Text = Annotated[str, Field(strict=True)]
 JsonObject = Annotated[dict[str, Any], Field(strict=True)]
+
+
+def _wire_schema(schema: dict[str, Any]) -> None:
+    """JSON Schema of an event as it is on the wire (`rpcache schemas`).
+
+    `type` has a default so that the publisher's helpers need not repeat it,
+    but every message carries it: it decides which model validates the rest.
+    """
+    kind = schema["properties"]["type"]
+    kind.pop("default", None)
+    kind["description"] = "The event type; decides the other fields."
+    schema["required"] = ["type", *schema.get("required", [])]
 
 
 class _Event(BaseModel):
     """Fields common to every event."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, strict=True, json_schema_extra=_wire_schema
+    )
 
-    event_id: EventId
-    occurred_at: Timestamp
-    user_id: UserId
+    event_id: EventId = Field(
+        description="Unique id of the event, a UUID (stored lower-case). An event_id seen"
+        " before is a duplicate and changes nothing."
+    )
+    occurred_at: Timestamp = Field(
+        description="When it happened: RFC 3339 with an offset (Z or ±hh:mm), between 1970"
+        " and 2999; digits finer than microseconds are cut. Event time, not arrival time,"
+        " decides TTLs, idleness and the business day."
+    )
+    user_id: UserId = Field(description="Who; also the Kafka key of the message.")
 
     def to_json(self) -> bytes:
         """The wire form: UTF-8 JSON, optional fields left out when unset."""
@@ -117,68 +161,103 @@ class _Event(BaseModel):
         return self.to_json()
 
 
+_SESSION_ID = "The session, a UUID (the session_id of its session.started)."
+_SPEAKER_ID = "The voice (speaker) id."
+_LATENCY_MS = "How long the call took, in milliseconds."
+_CONTEXT = "The conversation's context, any JSON object (session:{id} keeps it as JSON text)."
+_STATS = "Performance figures, any JSON object (session:{id} keeps it as JSON text)."
+
+
 class SessionScoped(_Event):
-    session_id: SessionId
+    session_id: SessionId = Field(description=_SESSION_ID)
 
 
 class UserLogin(_Event):
+    """A user logged in."""
+
     type: Literal["user.login"] = "user.login"
-    session_id: SessionId | None = None
-    preferences: JsonObject | None = None
+    session_id: SessionId | None = Field(None, description="Optional. " + _SESSION_ID)
+    preferences: JsonObject | None = Field(
+        None, description="The user's preferences, any JSON object (user:{id}:state keeps it)."
+    )
 
 
 class SessionStarted(SessionScoped):
+    """A role-play session started; it counts toward the user's daily quota."""
+
     type: Literal["session.started"] = "session.started"
-    speaker_id: SpeakerId
-    conversation_context: JsonObject | None = None
-    scenario_id: ScenarioId | None = None
+    speaker_id: SpeakerId = Field(description=_SPEAKER_ID)
+    conversation_context: JsonObject | None = Field(None, description=_CONTEXT)
+    scenario_id: ScenarioId | None = Field(
+        None, description="The scenario played, if any (warm-up ranks scenarios by it)."
+    )
 
 
 class SessionUpdated(SessionScoped):
+    """Some of a session's fields changed; the ones given replace the stored ones."""
+
     type: Literal["session.updated"] = "session.updated"
     status: Literal["active", "paused"] | None = None
-    speaker_id: SpeakerId | None = None
-    conversation_context: JsonObject | None = None
-    performance_stats: JsonObject | None = None
+    speaker_id: SpeakerId | None = Field(None, description=_SPEAKER_ID)
+    conversation_context: JsonObject | None = Field(None, description=_CONTEXT)
+    performance_stats: JsonObject | None = Field(None, description=_STATS)
 
 
 class SessionActivity(SessionScoped):
+    """A turn of the conversation: the session is active (its 30 min idle clock restarts)."""
+
     type: Literal["session.activity"] = "session.activity"
-    performance_stats: JsonObject | None = None
+    performance_stats: JsonObject | None = Field(None, description=_STATS)
 
 
 class SessionEnded(SessionScoped):
+    """The session ended."""
+
     type: Literal["session.ended"] = "session.ended"
-    reason: Text | None = None
+    reason: Text | None = Field(None, description="Why it ended, free text.")
 
 
 class AiResponse(SessionScoped):
+    """An LLM answered a prompt, from the roleplay service's cache (a hit) or not."""
+
     type: Literal["ai.response"] = "ai.response"
-    prompt: Text
+    prompt: Text = Field(description="The prompt; ai_response:{H(prompt)} is its cache key.")
     response: Text
     provider: Text
     model: Text
-    latency_ms: LatencyMs
-    cache_hit: Annotated[bool, Field(strict=True)] = False
+    latency_ms: LatencyMs = Field(description=_LATENCY_MS)
+    cache_hit: Annotated[bool, Field(strict=True)] = Field(
+        False, description="true: served from the cache (counts a hit, writes nothing)."
+    )
 
 
 class AiFailed(SessionScoped):
+    """An LLM call failed."""
+
     type: Literal["ai.failed"] = "ai.failed"
     provider: Text
     model: Text
     error: Text
-    latency_ms: LatencyMs
+    latency_ms: LatencyMs = Field(description=_LATENCY_MS)
 
 
 class VoiceSynthesized(SessionScoped):
+    """Speech was synthesized for a text, from the roleplay service's cache (a hit) or not."""
+
     type: Literal["voice.synthesized"] = "voice.synthesized"
-    speaker_id: SpeakerId
-    text: Text
-    audio: Text
-    """Base64 of the audio bytes: the value of the voice:{speaker}:{H(text)} key."""
-    audio_format: Text = "wav"
-    latency_ms: LatencyMs
-    cache_hit: Annotated[bool, Field(strict=True)] = False
+    speaker_id: SpeakerId = Field(description=_SPEAKER_ID)
+    text: Text = Field(description="The text spoken; voice:{speaker_id}:{H(text)} is its key.")
+    audio: Text = Field(
+        description="Base64 (RFC 4648: standard alphabet, padded, no line breaks) of the"
+        " audio bytes; the worker decodes it and rejects anything else. Decoded, at most"
+        " VOICE_MAX_AUDIO_BYTES (default 716800). The value of the voice key.",
+        json_schema_extra={"contentEncoding": "base64", "pattern": BASE64_PATTERN},
+    )
+    audio_format: Text = Field("wav", description="Container or codec of the audio.")
+    latency_ms: LatencyMs = Field(description=_LATENCY_MS)
+    cache_hit: Annotated[bool, Field(strict=True)] = Field(
+        False, description="true: served from the cache (counts a hit, writes nothing)."
+    )
     _audio_bytes: bytes = PrivateAttr(default=b"")
 
     @model_validator(mode="after")
@@ -210,11 +289,13 @@ class VoiceSynthesized(SessionScoped):
 
 
 class VoiceFailed(SessionScoped):
+    """A speech synthesis failed."""
+
     type: Literal["voice.failed"] = "voice.failed"
-    speaker_id: SpeakerId
+    speaker_id: SpeakerId = Field(description=_SPEAKER_ID)
     text: Text
     error: Text
-    latency_ms: LatencyMs
+    latency_ms: LatencyMs = Field(description=_LATENCY_MS)
 
 
 SessionEvent = UserLogin | SessionStarted | SessionUpdated | SessionActivity | SessionEnded
@@ -249,6 +330,10 @@ class RejectReason(StrEnum):
     WRONG_TOPIC = "wrong_topic"
     NUL_CHARACTER = "nul_character"
     AUDIO_TOO_LARGE = "audio_too_large"
+    OUT_OF_RANGE = "out_of_range"
+    """A number the spec's type allows but past rpcache's documented bound."""
+    OCCURRED_IN_FUTURE = "occurred_in_future"
+    """occurred_at later than now + MAX_CLOCK_SKEW_S at the time the worker read it."""
     # Raised later than decoding, by the state reducers or the sinks:
     UNKNOWN_SESSION = "unknown_session"
     SESSION_OWNER_MISMATCH = "session_owner_mismatch"
@@ -267,13 +352,21 @@ class Rejection:
 
 
 def decode_event(
-    raw: bytes | None, *, topic: str | None, max_bytes: int, max_audio_bytes: int | None = None
+    raw: bytes | None,
+    *,
+    topic: str | None,
+    max_bytes: int,
+    max_audio_bytes: int | None = None,
+    not_after: datetime | None = None,
 ) -> Event | Rejection:
     """Validate one message value; `topic` is the topic suffix it came from.
 
     Never raises for bad input. `topic=None` skips the topic check (used by
     tools that read events outside Kafka). `max_audio_bytes` limits the
-    decoded audio of a voice clip.
+    decoded audio of a voice clip. `not_after` (aware) rejects an event whose
+    occurred_at is later, as `occurred_in_future`: the worker passes now plus
+    the clock-skew tolerance, so one event stamped a year ahead cannot pin keys
+    and the quota day (README, Decisions).
     """
     if raw is None:
         return Rejection(RejectReason.INVALID_JSON, "empty message value (tombstone)")
@@ -300,7 +393,17 @@ def decode_event(
     try:
         event = _ADAPTER.validate_python(obj)
     except ValidationError as exc:
-        return Rejection(RejectReason.INVALID_FIELDS, _describe(exc), event_id)
+        reason = (
+            RejectReason.OUT_OF_RANGE if _only_over_bounds(exc) else RejectReason.INVALID_FIELDS
+        )
+        return Rejection(reason, _describe(exc), event_id)
+    if not_after is not None and event.occurred_at > not_after:
+        return Rejection(
+            RejectReason.OCCURRED_IN_FUTURE,
+            f"occurred_at {format_utc(event.occurred_at)} is after {format_utc(not_after)}"
+            " (now + MAX_CLOCK_SKEW_S)",
+            event_id,
+        )
     if b"\\u0000" in raw and _contains_nul(event.model_dump()):
         # PostgreSQL cannot store U+0000; unknown fields are dropped, so only ours count.
         return Rejection(RejectReason.NUL_CHARACTER, "strings may not contain U+0000", event_id)
@@ -325,6 +428,26 @@ def _contains_nul(value: object) -> bool:
     if isinstance(value, list):
         return any(_contains_nul(v) for v in value)
     return False
+
+
+def _only_over_bounds(exc: ValidationError) -> bool:
+    """Every error is a number above a documented bound (speaker_id, latency_ms).
+
+    An integer too large for a double's exact range arrives from orjson as a
+    float, which strict int fields report as a type error: counted as over the
+    bound when it is a whole number above it.
+    """
+    for err in exc.errors(include_url=False):
+        value = err.get("input")
+        over_int = (
+            err["type"] == "int_type"
+            and isinstance(value, float)
+            and value.is_integer()
+            and value > MAX_INT32
+        )
+        if err["type"] != "less_than_equal" and not over_int:
+            return False
+    return True
 
 
 def _describe(exc: ValidationError) -> str:

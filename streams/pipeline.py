@@ -14,9 +14,12 @@ exactly-once argument:
 5. Return; only then does the agent acknowledge the messages, and Faust
    commits the Kafka offsets after that.
 
-Transient failures in any step are retried with backoff; the batch never
-moves on without them. A batch that fails for any other reason is split, and
-an event that still fails on its own is dead-lettered as `processing_error`.
+Failures that wait (streams/errors.py: a server unreachable, read-only, out
+of memory, …) are retried with backoff in the step that met them; the batch
+never moves on without them. A batch that fails for any other reason is
+split, and an event that still fails on its own is dead-lettered as
+`processing_error`. `process` itself never raises: whatever escapes that,
+the same batch runs again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from redis.asyncio import Redis
@@ -105,6 +108,7 @@ class BatchPipeline:
         max_event_bytes: int,
         max_audio_bytes: int,
         max_backoff_s: float,
+        max_clock_skew_s: float = 300.0,
         health: ConnectionHealth | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -119,6 +123,8 @@ class BatchPipeline:
         self.max_event_bytes = max_event_bytes
         self.max_audio_bytes = max_audio_bytes
         self.max_backoff_s = max_backoff_s
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        """How far past now an occurred_at may lie (producers' clock skew)."""
         self.health = health or ConnectionHealth()
         self.retrying = False
         """True while a batch waits for Redis or PostgreSQL to come back."""
@@ -126,16 +132,45 @@ class BatchPipeline:
         self.clock = clock
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        """Run one batch through every step; return only once it is done.
+
+        Never raises (but for cancellation): Faust acks a message whose handler
+        raised, and its supervisor restarts a crashed agent *after* the batch
+        it never acked, which would leave those events unprocessed until the
+        process restarts. A failure that escapes the steps' own handling (the
+        dead letter of a failed event cannot be stored either) is logged and
+        the same batch runs again after a backoff, for as long as it takes.
+        """
         if not messages:
             return BatchOutcome()
         started = time.monotonic()
-        outcome = await self._process(messages)
+        outcome = await self._process_until_done(messages)
         outcome.family = self.family.topic_suffix
         outcome.seconds = time.monotonic() - started
         self.retrying = False
         if self.on_batch is not None:
             self.on_batch(outcome)
         return outcome
+
+    async def _process_until_done(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        pause = 0.5
+        while True:
+            try:
+                return await self._process(messages)
+            except Exception:
+                self.retrying = True
+                first = messages[0]
+                log.exception(
+                    "batch of %d from %s[%d]@%d failed beyond its own handling; running it"
+                    " again in %.1f s (its offsets are not acknowledged, nothing is skipped)",
+                    len(messages),
+                    first.topic,
+                    first.partition,
+                    first.offset,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.max_backoff_s)
 
     async def _process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
         """`process` without the callback: a split batch reports once, as a whole."""
@@ -189,9 +224,7 @@ class BatchPipeline:
         ]
         # 4. publish dead letters
         if persisted.dead_letters:
-            await until_done(
-                self.flush_dead_letters, max_backoff_s=self.max_backoff_s, on_retry=count_retry
-            )
+            await self._publish_dead_letters(count_retry)
         # 5. the caller acknowledges; Faust commits the offsets afterwards
 
     def _decode(
@@ -199,6 +232,7 @@ class BatchPipeline:
     ) -> tuple[list[StoredEvent], list[DeadLetterRow]]:
         stored: list[StoredEvent] = []
         rejected: list[DeadLetterRow] = []
+        not_after = self.clock() + self.max_clock_skew
         for m in messages:
             suffix = m.topic.removeprefix(self.topic_prefix)
             result = decode_event(
@@ -206,6 +240,7 @@ class BatchPipeline:
                 topic=suffix,
                 max_bytes=self.max_event_bytes,
                 max_audio_bytes=self.max_audio_bytes,
+                not_after=not_after,
             )
             if isinstance(result, Rejection):
                 rejected.append(self._row(m, result))
@@ -269,8 +304,27 @@ class BatchPipeline:
                 on_retry=count_retry,
             )
         except Exception:
-            # PostgreSQL already holds the truth; `rpcache replay` rebuilds it.
-            log.exception("Redis rejected a projection (not retriable); PostgreSQL is intact")
+            # An answer waiting cannot fix (WRONGTYPE: a key of ours rewritten by
+            # someone else with another type; streams/errors.py). PostgreSQL holds
+            # the events; `rpcache replay` rewrites the keys once fixed.
+            log.exception(
+                "Redis refused a projection (waiting cannot fix it); PostgreSQL is intact"
+            )
+
+    async def _publish_dead_letters(self, count_retry: Callable[[], None] | None = None) -> None:
+        """Publish the outbox; wait while Kafka is away, never fail the batch.
+
+        The rows are committed already (the outbox), so a failure retrying
+        cannot fix (an authorisation error, a message the broker refuses) must
+        not send a stored batch through the split path: it is logged, the rows
+        stay unpublished, and the 30 s outbox timer tries them again.
+        """
+        try:
+            await until_done(
+                self.flush_dead_letters, max_backoff_s=self.max_backoff_s, on_retry=count_retry
+            )
+        except Exception:
+            log.exception("dead letters not published (kept in the outbox; retried every 30 s)")
 
     async def flush_dead_letters(self) -> int:
         return await deadletters.flush(self.pool, self.publish, self.dead_letter_topic)
@@ -316,7 +370,7 @@ class BatchPipeline:
                 await pg.record_positions(conn, self.group, _positions([message]))
 
         await until_done(persist, max_backoff_s=self.max_backoff_s)
-        await until_done(self.flush_dead_letters, max_backoff_s=self.max_backoff_s)
+        await self._publish_dead_letters()
         outcome.dead_letters += 1
         outcome.reasons.append(row.reason)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -89,6 +89,16 @@ def _json_text(value: dict[str, Any] | None) -> str:
     return orjson.dumps(value if value is not None else {}).decode()
 
 
+def expiry(base: datetime, ttl: timedelta, now: datetime) -> datetime:
+    """`base + ttl`, never later than `now + ttl`.
+
+    SPEC §4 gives every key a TTL from an event time (last activity, the miss
+    that cached it). An event stamped ahead of the worker's clock (within
+    MAX_CLOCK_SKEW_S) must not make a key outlive its TTL as seen from now.
+    """
+    return min(base, now) + ttl
+
+
 def _hash(key: str, fields: dict[str, str], expires: datetime, now: datetime) -> RedisOp:
     if expires <= now:
         return Delete(key)
@@ -108,7 +118,7 @@ def project_session(session: SessionState, now: datetime) -> RedisOp:
         "last_activity": format_utc(session.last_activity),
         "performance_stats": _json_text(session.performance_stats),
     }
-    return _hash(key, fields, session.last_activity + SESSION_TTL, now)
+    return _hash(key, fields, expiry(session.last_activity, SESSION_TTL, now), now)
 
 
 def project_user(user: UserState, sessions_today: int, quota: int, now: datetime) -> RedisOp:
@@ -120,7 +130,9 @@ def project_user(user: UserState, sessions_today: int, quota: int, now: datetime
         "daily_session_count": str(sessions_today),
         "remaining_sessions": str(max(0, quota - sessions_today)),
     }
-    return _hash(user_state_key(user.user_id), fields, user.last_seen + USER_STATE_TTL, now)
+    return _hash(
+        user_state_key(user.user_id), fields, expiry(user.last_seen, USER_STATE_TTL, now), now
+    )
 
 
 def project_stats(
@@ -128,7 +140,7 @@ def project_stats(
 ) -> RedisOp:
     """`stats:realtime:{day}`: the given fields, 24 h after the write that set them."""
     text = {name: _number_text(value) for name, value in fields.items()}
-    return _hash(stats_key(day), text, written_at + STATS_TTL, now)
+    return _hash(stats_key(day), text, expiry(written_at, STATS_TTL, now), now)
 
 
 def _number_text(value: int | float) -> str:
@@ -151,7 +163,7 @@ def project_ai_response(
     `ttl_from` starts the hour elsewhere (warm-up loads popular entries afresh).
     """
     key = ai_response_key_for_hash(prompt_hash)
-    expires = (ttl_from or cached_at) + AI_RESPONSE_TTL
+    expires = expiry(ttl_from or cached_at, AI_RESPONSE_TTL, now)
     if expires <= now:
         return Delete(key)
     value = orjson.dumps(
@@ -176,7 +188,7 @@ def project_voice(
 ) -> RedisOp:
     """`voice:{speaker_id}:{H(text)}` = the base64 audio, 24 h after the miss."""
     key = voice_key_for_hash(speaker_id, text_hash)
-    expires = (ttl_from or cached_at) + VOICE_TTL
+    expires = expiry(ttl_from or cached_at, VOICE_TTL, now)
     if expires <= now:
         return Delete(key)
     return StringWrite(key, audio_b64, epoch_ms(expires))

@@ -20,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from streams.errors import is_transient
+from streams.errors import classify, is_transient
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -29,10 +29,12 @@ log = logging.getLogger(__name__)
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
-        "transient failure in %s (attempt %d), retrying: %r",
+        "transient failure in %s (attempt %d), waiting: %s; %s: %s",
         getattr(state.fn, "__qualname__", state.fn),
         state.attempt_number,
-        exc,
+        classify(exc).why if exc is not None else "?",
+        type(exc).__name__,
+        str(exc)[:300],
     )
 
 

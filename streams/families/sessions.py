@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from schemas.events import SessionEvent, SessionScoped
+from schemas.events import SessionEvent, SessionScoped, SessionStarted
 from schemas.keys import SESSION_TOPIC, SESSION_TTL
 from streams.families.base import FamilyResult
 from streams.projections import RedisOp, project_session, project_user
@@ -43,6 +43,7 @@ class SessionFamily:
         sessions = await pg.lock_sessions(conn, session_ids)
         users = await pg.lock_users(conn, user_ids)
         new_events: list[SessionEvent] = [s.event for s in new]  # type: ignore[misc]
+        sessions |= await self._current_sessions(conn, new_events, users, sessions)
         changes = reduce_session_events(new_events, sessions, users, self.tz)
         await self._save(conn, changes)
         by_id = {s.event.event_id: s for s in new}
@@ -56,6 +57,27 @@ class SessionFamily:
             now,
         )
         return result
+
+    @staticmethod
+    async def _current_sessions(
+        conn: Connection,
+        events: list[SessionEvent],
+        users: dict[str, UserState],
+        loaded: dict[str, SessionState],
+    ) -> dict[str, SessionState]:
+        """The current session of every user starting one, when the batch did not
+        load it: the reducer compares start times (event time decides). Read
+        without a lock: started_at never changes, and only this partition's
+        worker starts or updates this user's sessions."""
+        starters = {e.user_id for e in events if isinstance(e, SessionStarted)}
+        wanted = {
+            current
+            for user_id in starters
+            if (user := users.get(user_id)) is not None
+            and (current := user.current_session_id) is not None
+            and current not in loaded
+        }
+        return await pg.load_sessions(conn, wanted) if wanted else {}
 
     async def sweep(self, conn: Connection, now: datetime, limit: int = 1000) -> list[RedisOp]:
         """Expire sessions idle for SESSION_TTL; return the Redis writes to make."""

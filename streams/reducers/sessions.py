@@ -127,7 +127,8 @@ def _started(event: SessionStarted, ctx: _Ctx) -> None:
     )
     changes.dirty_sessions.add(event.session_id)
     user = changes.users[event.user_id]
-    user.current_session_id = event.session_id
+    if _newer_than_current(changes, user, event.occurred_at):
+        user.current_session_id = event.session_id
     changes.user_day_started[(event.user_id, day)] += 1
     changes.day_counters[(day, SESSIONS_STARTED)] += 1
 
@@ -169,6 +170,23 @@ def _ended(event: SessionEnded, ctx: _Ctx) -> None:
 
 
 # --- helpers ------------------------------------------------------------------
+def _newer_than_current(changes: SessionChanges, user: UserState, started_at: datetime) -> bool:
+    """Does a session started at `started_at` become the user's current one?
+
+    Event time decides, not arrival order: a start that arrives late, while a
+    session started after it is still open, leaves current_session_id alone.
+    The caller loads the current session for this (SessionFamily.apply); when
+    it is unknown, the new start wins.
+    """
+    current = changes.sessions.get(user.current_session_id or "")
+    return (
+        current is None
+        or not current.is_open
+        or current.last_activity + SESSION_TTL <= started_at
+        or current.started_at <= started_at
+    )
+
+
 def _touch_user(ctx: _Ctx, user_id: str, at: datetime) -> None:
     """Every session-family event renews the user's state (and its 1 h TTL)."""
     users = ctx.changes.users

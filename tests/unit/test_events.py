@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -339,3 +340,68 @@ def test_wire_form_round_trips() -> None:
         first = decode(obj)
         assert isinstance(first, AiResponse | VoiceSynthesized)
         assert decode(first.to_json()) == first
+
+
+def _ai(latency: object) -> dict[str, Any]:
+    return event(
+        type="ai.response", prompt="p", response="r", provider="g", model="m", latency_ms=latency
+    )
+
+
+NUMBERS = [
+    # (case, event, None when accepted / the reason)
+    ("latency 0", _ai(0), None),
+    ("latency at the 24 h bound", _ai(86_400_000), None),
+    ("latency just past the bound", _ai(86_400_000.001), RejectReason.OUT_OF_RANGE),
+    ("nanoseconds sent as ms", _ai(1.7e18), RejectReason.OUT_OF_RANGE),
+    ("latency that filled a bigint sum", _ai(9223372036854774), RejectReason.OUT_OF_RANGE),
+    ("latency 1e308", _ai(1e308), RejectReason.OUT_OF_RANGE),
+    ("negative latency", _ai(-1), RejectReason.INVALID_FIELDS),
+    ("speaker at int32 max", event(type="session.started", speaker_id=2**31 - 1), None),
+    ("speaker past int32", event(type="session.started", speaker_id=2**31), RejectReason.OUT_OF_RANGE),
+    ("speaker past u64", b'{"type":"session.started","speaker_id":18446744073709551616,'
+     b'"event_id":"550e8400-e29b-41d4-a716-446655440001","occurred_at":"2025-01-30T10:30:00Z",'
+     b'"user_id":"u","session_id":"550e8400-e29b-41d4-a716-446655440000"}', RejectReason.OUT_OF_RANGE),
+    ("speaker past int32 and a bad field", event(type="session.started", speaker_id=2**31, user_id="a b"),
+     RejectReason.INVALID_FIELDS),
+    ("huge number inside an object", orjson.dumps(event(type="session.activity", performance_stats={"n": 1}))
+     .replace(b'"n":1', b'"n":1000000000000000000000000000000'), None),
+    ("number past a double inside an object", b'{"type":"session.activity","performance_stats":{"n":1e400}}',
+     RejectReason.INVALID_JSON),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("obj", "reason"), [n[1:] for n in NUMBERS], ids=[n[0] for n in NUMBERS])
+def test_numbers_are_accepted_or_rejected_with_their_own_reason(
+    obj: Any, reason: RejectReason | None
+) -> None:
+    """Every number SPEC §3 accepts is stored; rpcache's bounds have the reason out_of_range."""
+    result = decode(obj)
+    if reason is None:
+        assert not isinstance(result, Rejection), result
+        assert orjson.loads(result.stored_json())  # storable as JSON
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason == reason, result
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "accepted"),
+    [
+        ("2025-01-30T10:30:00Z", True),  # the past is fine
+        ("2025-01-30T10:35:00Z", True),  # exactly at the tolerance
+        ("2025-01-30T10:35:00.000001Z", False),
+        ("2025-01-30T19:35:00+09:00", True),  # the same instant in another offset
+        ("2027-03-05T10:30:00Z", False),  # 400 days ahead
+    ],
+)
+def test_occurred_at_past_the_clock_skew_is_rejected(occurred_at: str, accepted: bool) -> None:
+    now = datetime(2025, 1, 30, 10, 30, tzinfo=UTC)
+    raw = orjson.dumps(event(type="session.started", speaker_id=1, occurred_at=occurred_at))
+    result = decode_event(raw, topic=None, max_bytes=10_000, not_after=now + timedelta(minutes=5))
+    if accepted:
+        assert not isinstance(result, Rejection), result
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason == RejectReason.OCCURRED_IN_FUTURE
+        assert "MAX_CLOCK_SKEW_S" in result.detail

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from schemas.keys import epoch_ms
+import pytest
+
+from schemas.keys import epoch_ms, format_utc
 from streams.families.stats import Written, days_to_write
-from streams.projections import Delete, HashWrite, project_session, project_stats, project_user
+from streams.projections import (
+    Delete,
+    HashWrite,
+    expiry,
+    project_session,
+    project_stats,
+    project_user,
+    project_voice,
+)
 from streams.state import SessionState, UserState
 
 T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
@@ -54,7 +64,7 @@ def test_closed_or_idle_session_is_deleted() -> None:
 
 def test_user_state_fields_quota_and_ttl() -> None:
     user = UserState("u1", SID, T0, {"lang": "ja"}, last_seen=T0 + timedelta(minutes=10))
-    op = project_user(user, sessions_today=3, quota=50, now=T0)
+    op = project_user(user, sessions_today=3, quota=50, now=T0 + timedelta(minutes=10))
     assert op == HashWrite(
         "user:u1:state",
         {
@@ -98,3 +108,42 @@ def test_stats_days_written_on_change_or_when_due_a_refresh() -> None:
     assert days_to_write(current, written, now_mono=110.0, refresh_s=60.0) == [d2, d3]
     assert days_to_write(current, written, now_mono=160.0, refresh_s=60.0) == [d1, d2, d3]
     assert days_to_write({}, written, now_mono=500.0, refresh_s=60.0) == []
+
+
+@pytest.mark.parametrize(
+    ("base_min", "ttl_min", "now_min", "want_min"),
+    [
+        (0, 30, 0, 30),  # an event of now: the spec's TTL
+        (0, 30, 10, 30),  # an older event: TTL counted from the event
+        (5, 30, 0, 30),  # stamped 5 min ahead (clock skew): never past now + TTL
+        (400 * 24 * 60, 60, 0, 60),  # a year ahead: still now + TTL, not a year
+    ],
+)
+def test_expiry_never_outlives_the_ttl_from_now(
+    base_min: int, ttl_min: int, now_min: int, want_min: int
+) -> None:
+    got = expiry(
+        T0 + timedelta(minutes=base_min),
+        timedelta(minutes=ttl_min),
+        T0 + timedelta(minutes=now_min),
+    )
+    assert got == T0 + timedelta(minutes=want_min)
+
+
+def test_future_user_and_cache_keys_are_capped() -> None:
+    ahead = T0 + timedelta(days=400)
+    user = UserState("u1", SID, ahead, None, last_seen=ahead)
+    assert project_user(user, 1, 50, T0) == HashWrite(
+        "user:u1:state",
+        {
+            "current_session_id": SID,
+            "last_login": format_utc(ahead),
+            "preferences": "{}",
+            "daily_session_count": "1",
+            "remaining_sessions": "49",
+        },
+        epoch_ms(T0 + timedelta(hours=1)),
+    )
+    assert project_voice(1, "h", "QUJD", ahead, T0).expire_at_ms == epoch_ms(  # type: ignore[union-attr]
+        T0 + timedelta(hours=24)
+    )

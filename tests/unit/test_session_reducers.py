@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from schemas.events import (
     RejectReason,
     SessionActivity,
@@ -155,3 +157,32 @@ def test_inputs_are_not_mutated() -> None:
     before = (started.sessions[SID].status, started.users["u1"].current_session_id)
     run([ev(SessionEnded, 1)], started.sessions, started.users)
     assert (started.sessions[SID].status, started.users["u1"].current_session_id) == before
+
+
+S2 = "550e8400-e29b-41d4-a716-446655440002"
+
+
+@pytest.mark.parametrize(
+    ("order", "current"),
+    [
+        (["early", "late"], S2),  # in event order: the later start is current
+        (["late", "early"], S2),  # the earlier start arrives last: still the later one
+    ],
+)
+def test_current_session_follows_event_time_not_arrival(order: list[str], current: str) -> None:
+    starts = {
+        "early": ev(SessionStarted, minutes=0, speaker_id=1),
+        "late": ev(SessionStarted, minutes=5, speaker_id=1, session_id=S2),
+    }
+    ch = run([starts[name] for name in order])
+    assert ch.users["u1"].current_session_id == current
+    assert ch.user_day_started == {("u1", date(2025, 1, 30)): 2}
+
+
+def test_a_late_start_after_the_current_one_ended_becomes_current() -> None:
+    """The later session is over (ended, or idle past its TTL): the earlier start
+    arriving now is the user's only open session, so it is current."""
+    late = ev(SessionStarted, minutes=5, speaker_id=1, session_id=S2)
+    ended = ev(SessionEnded, minutes=6, session_id=S2)
+    early = ev(SessionStarted, minutes=0, speaker_id=1)
+    assert run([late, ended, early]).users["u1"].current_session_id == SID

@@ -26,7 +26,9 @@ from schemas.keys import (
 from streams import heartbeat, web
 from streams.kafka_transport import Transport as KafkaTransport
 from streams.monitor import Monitor
+from streams.preflight import EXIT_CONFIG, refusals
 from streams.runtime import Runtime, processed_positions
+from streams.security import faust_credentials
 from streams.settings import get_settings
 from streams.warmup import warmup
 from streams.watchdog import EXIT_STALLED
@@ -49,6 +51,7 @@ class RpcacheApp(faust.App):
     async def on_first_start(self) -> None:
         """Runs before the web server, the consumer and the agents start (mode's Service)."""
         await super().on_first_start()
+        await _refuse_to_start_without_access()
         self.runtime = await Runtime.start(settings, self._publish)
         # From now on `rpcache check` and /dashboard see this run, not the row
         # the previous one left ("stopped", its old pid).
@@ -113,6 +116,7 @@ app = RpcacheApp(
     web_port=settings.worker_web_port,
     web_bind=settings.worker_web_bind,
     web_in_thread=False,
+    broker_credentials=faust_credentials(settings),
 )
 
 
@@ -230,6 +234,19 @@ async def _write_beat(runtime: Runtime, *, starting: bool) -> None:
             await heartbeat.beat(conn, settings, starting=starting)
     except Exception as exc:  # PostgreSQL away: the beat goes stale, the check says so
         log.warning("heartbeat not written: %r", exc)
+
+
+async def _refuse_to_start_without_access() -> None:
+    """Exit 78 with one line per server that refuses our credentials or TLS
+    (streams/preflight.py); a server that does not answer yet is waited for."""
+    found = await refusals(settings, settings.check_timeout_s)
+    if not found:
+        return
+    for line in found:
+        log.error("%s", line)
+    log.error("rpcache worker cannot start: exiting with status %d", EXIT_CONFIG)
+    logging.shutdown()
+    os._exit(EXIT_CONFIG)
 
 
 async def _heartbeat_stopped(runtime: Runtime) -> None:

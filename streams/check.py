@@ -30,6 +30,7 @@ from schemas.keys import format_utc
 from streams import heartbeat
 from streams.database import asyncpg_options
 from streams.heartbeat import Heartbeat
+from streams.security import kafka_options, redis_options
 from streams.settings import Settings
 from streams.supervisor import child_worker_ids
 
@@ -133,10 +134,12 @@ async def check_postgres(
 
 async def check_redis(settings: Settings) -> CheckResult:
     async def probe() -> str:
+        url = settings.redis_url.get_secret_value()
         client = Redis.from_url(
-            settings.redis_url.get_secret_value(),
+            url,
             socket_timeout=settings.check_timeout_s,
             socket_connect_timeout=settings.check_timeout_s,
+            **redis_options(settings, url),
         )
         try:
             await client.ping()
@@ -151,7 +154,7 @@ async def check_redis(settings: Settings) -> CheckResult:
 async def check_kafka(settings: Settings) -> CheckResult:
     async def probe() -> str:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_servers,
+            **kafka_options(settings),
             request_timeout_ms=int(settings.check_timeout_s * 1000),
         )
         try:

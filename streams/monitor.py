@@ -54,6 +54,7 @@ from streams.projections import stats_fields
 from streams.reducers.caches import AI_HITS, AI_MISSES, VOICE_HITS, VOICE_MISSES
 from streams.reducers.sessions import business_day
 from streams.runtime import Runtime, processed_positions
+from streams.security import kafka_options
 from streams.sinks import postgres as pg
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class Monitor:
         if time.monotonic() - self._partitions_at < PARTITIONS_TTL_S:
             return self._partitions
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_servers)
+            admin = AIOKafkaAdminClient(**kafka_options(self.settings))
             await admin.start()
             self._admin = admin
         wanted = {topic_name(self.settings.topic_prefix, s) for s in SOURCE_TOPICS}
@@ -259,7 +260,7 @@ class Monitor:
         """A client outside the consumer group: reading offsets joins nothing."""
         if self._kafka is None:
             client = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_servers,
+                **kafka_options(self.settings),
                 enable_auto_commit=False,
                 metadata_max_age_ms=30_000,
             )

@@ -35,6 +35,7 @@ from schemas.events import (
     VoiceSynthesized,
 )
 from schemas.keys import topic_name
+from streams.security import kafka_options
 from streams.settings import Settings, get_settings
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -51,10 +52,19 @@ def _now() -> datetime:
 class EventPublisher:
     """Publishes rpcache events; one instance per process, used as a context manager."""
 
-    def __init__(self, bootstrap_servers: list[str], topic_prefix: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: list[str],
+        topic_prefix: str,
+        *,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        """`client_options`: aiokafka security arguments (`security.kafka_options`:
+        security_protocol, sasl_*, ssl_context); `from_settings` fills them."""
         self.topic_prefix = topic_prefix
+        options = {**(client_options or {}), "bootstrap_servers": bootstrap_servers}
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **options,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
@@ -66,7 +76,9 @@ class EventPublisher:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> EventPublisher:
         settings = settings or get_settings()
-        return cls(settings.kafka_servers, settings.topic_prefix)
+        return cls(
+            settings.kafka_servers, settings.topic_prefix, client_options=kafka_options(settings)
+        )
 
     async def start(self) -> None:
         await self._producer.start()

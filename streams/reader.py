@@ -82,6 +82,7 @@ from streams import recompute
 from streams.database import pool_options
 from streams.errors import RpcacheError
 from streams.projections import Delete, HashWrite, RedisOp, StringWrite
+from streams.security import redis_options
 from streams.settings import Settings, get_settings
 from streams.sinks import redis as redis_sink
 from streams.sinks.postgres import Connection
@@ -306,10 +307,15 @@ Recompute = Callable[[Connection, datetime], Awaitable[RedisOp]]
 """What PostgreSQL says the key should hold at `now` (a `streams.recompute` op)."""
 
 
-def redis_client(url: str, timeout_s: float) -> Redis:
-    """A client that fails fast: short socket timeouts, no retry loop."""
+def redis_client(url: str, timeout_s: float, tls: dict[str, Any] | None = None) -> Redis:
+    """A client that fails fast: short socket timeouts, no retry loop.
+
+    `tls`: `security.redis_options` for `url` (CA and client certificate of a
+    `rediss://` URL); the ACL user and password travel in the URL.
+    """
     return Redis.from_url(
         url,
+        **(tls or {}),
         decode_responses=True,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -348,10 +354,12 @@ class CacheReader:
         """A reader for REDIS_URL (and REDIS_REPLICA_URL) and DATABASE_URL."""
         settings = settings or get_settings()
         budget_s = settings.read_timeout_ms / 1000
-        master = redis_client(settings.redis_url.get_secret_value(), budget_s)
+        url = settings.redis_url.get_secret_value()
+        master = redis_client(url, budget_s, redis_options(settings, url))
         replica = None
         if settings.redis_replica_url is not None:
-            replica = redis_client(settings.redis_replica_url.get_secret_value(), budget_s)
+            url = settings.redis_replica_url.get_secret_value()
+            replica = redis_client(url, budget_s, redis_options(settings, url))
         return cls(settings, master=master, replica=replica)
 
     async def start(self) -> None:

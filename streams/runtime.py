@@ -36,6 +36,7 @@ from streams.pipeline import BatchOutcome, BatchPipeline
 from streams.projections import RedisOp
 from streams.rebuild import Announce, RedisWatch
 from streams.retry import until_done
+from streams.security import kafka_options, redis_options
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
 from streams.topics import ensure_topics
@@ -65,11 +66,13 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
 
 
 def open_redis(settings: Settings) -> Redis:
+    url = settings.redis_url.get_secret_value()
     return Redis.from_url(
-        settings.redis_url.get_secret_value(),
+        url,
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=10,
+        **redis_options(settings, url),
     )
 
 
@@ -176,9 +179,7 @@ class Runtime:
     async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Kafka's end offsets of `partitions`, from a client outside the consumer group."""
         if self._offsets_client is None:
-            client = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_servers, enable_auto_commit=False
-            )
+            client = AIOKafkaConsumer(enable_auto_commit=False, **kafka_options(self.settings))
             await client.start()
             self._offsets_client = client
         ends = await self._offsets_client.end_offsets([TopicPartition(t, p) for t, p in partitions])

@@ -10,10 +10,10 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.paths import data_home
@@ -32,6 +32,27 @@ class Settings(BaseSettings):
     topic_prefix: str = "roleplay."
     business_tz: str = "UTC"
     daily_session_quota: int = Field(50, ge=0)
+
+    # --- secured servers (streams/security.py; README "Secured servers") ----------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka's `security.protocol`."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """Kafka's `sasl.mechanism` (with SASL_PLAINTEXT / SASL_SSL)."""
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    """PEM file of the CAs that sign the brokers' certificates (default: the system's)."""
+    kafka_ssl_certfile: str | None = None
+    """Client certificate (PEM) for mutual TLS, with KAFKA_SSL_KEYFILE."""
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    """Verify that the broker's certificate names the host connected to."""
+    redis_ssl_ca_certs: str | None = None
+    """With a `rediss://` URL: PEM file of the CAs that sign Redis' certificate."""
+    redis_ssl_certfile: str | None = None
+    redis_ssl_keyfile: str | None = None
+    redis_ssl_check_hostname: bool = True
 
     # --- pipeline ----------------------------------------------------------
     app_id: str = "rpcache"
@@ -130,6 +151,44 @@ class Settings(BaseSettings):
     def tz(self) -> ZoneInfo:
         """The business time zone: "today" for daily counters and stats keys."""
         return ZoneInfo(self.business_tz)
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        """`sasl_ssl` and `scram-sha-256` are accepted as Kafka's own tools accept them."""
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_uses_sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs"
+                " KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
+        return self
+
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    @property
+    def kafka_uses_tls(self) -> bool:
+        return self.kafka_security_protocol.endswith("SSL")
+
+    def secrets(self) -> list[str]:
+        """Every secret value of these settings, and the passwords inside the URLs."""
+        values: list[str] = []
+        for name, field in self.model_dump().items():
+            if isinstance(field, SecretStr):
+                secret = field.get_secret_value()
+                values.append(secret)
+                if name.endswith("_url"):
+                    password = urlsplit(secret).password
+                    if password:
+                        values += [password, unquote(password)]
+        return [v for v in values if v]
 
     @property
     def kafka_servers(self) -> list[str]:

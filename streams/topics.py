@@ -10,6 +10,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.keys import ALERTS_TOPIC, DEAD_LETTER_TOPIC, SOURCE_TOPICS, topic_name
 from streams.retry import until_done
+from streams.security import kafka_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; return the ones created. Waits for the broker."""
 
     async def create() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+        admin = AIOKafkaAdminClient(**kafka_options(settings))
         await admin.start()
         try:
             existing = set(await admin.list_topics())

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
-from redis.asyncio import Redis
 
 from streams.database import asyncpg_options
+from streams.security import kafka_options, redis_from_settings
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -87,7 +87,7 @@ class BenchEnv:
             await conn.execute(f'CREATE DATABASE "{database}"')
         finally:
             await conn.close()
-        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        redis = redis_from_settings(settings)
         try:
             await redis.flushdb()
         finally:
@@ -102,7 +102,7 @@ class BenchEnv:
             await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         finally:
             await conn.close()
-        redis = Redis.from_url(self.settings.redis_url.get_secret_value())
+        redis = redis_from_settings(self.settings)
         try:
             await redis.flushdb()
         finally:
@@ -111,7 +111,7 @@ class BenchEnv:
 
 async def delete_topics(settings: Settings, prefix: str) -> None:
     """Delete every topic named `prefix…`: a full run leaves hundreds of MB behind."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
+from typing import Any
 
 import redis as redis_sync
 from aiokafka import AIOKafkaProducer
@@ -46,9 +47,16 @@ class Freshness:
     """Probes whose key never appeared (0 unless something is wrong)."""
 
 
-def _listen(url: str, db: int, ready: EventType, stop: EventType, out: Connection) -> None:
+def _listen(
+    url: str,
+    options: dict[str, Any],
+    db: int,
+    ready: EventType,
+    stop: EventType,
+    out: Connection,
+) -> None:
     """Child process: record when each key is first written (CLOCK_MONOTONIC)."""
-    client = redis_sync.Redis.from_url(url)
+    client = redis_sync.Redis.from_url(url, **options)
     pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(f"__keyevent@{db}__:set", f"__keyevent@{db}__:hset")
     confirmed = 0
@@ -71,13 +79,16 @@ def _listen(url: str, db: int, ready: EventType, stop: EventType, out: Connectio
 class KeyWatcher:
     """The listening child process and the server setting it needs."""
 
-    def __init__(self, redis: Redis, url: str, db: int) -> None:
+    def __init__(self, redis: Redis, url: str, db: int, options: dict[str, Any]) -> None:
+        """`options`: the TLS keyword arguments of `security.redis_options` for `url`."""
         self.redis, self.url, self.db = redis, url, db
         ctx = multiprocessing.get_context("spawn")
         self._ready, self._stop = ctx.Event(), ctx.Event()
         self._recv, send = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
-            target=_listen, args=(url, db, self._ready, self._stop, send), daemon=True
+            target=_listen,
+            args=(url, options, db, self._ready, self._stop, send),
+            daemon=True,
         )
         self._send = send
         self._previous: str | None = None

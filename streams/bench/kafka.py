@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.keys import SOURCE_TOPICS, topic_name
 from streams.bench.workload import Message
+from streams.security import kafka_options
 from streams.settings import Settings
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -22,7 +23,7 @@ def fast_producer(settings: Settings, linger_ms: int = 10) -> AIOKafkaProducer:
     the events are the same bytes a roleplay service's `EventPublisher` sends.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_servers,
+        **kafka_options(settings),
         acks=1,
         linger_ms=linger_ms,
         max_batch_size=1024 * 1024,
@@ -56,7 +57,7 @@ def source_topics(prefix: str) -> list[str]:
 def plain_consumer(settings: Settings, group: str | None) -> AIOKafkaConsumer:
     """An aiokafka consumer sized for the stack's largest messages."""
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_servers,
+        **kafka_options(settings),
         group_id=group,
         enable_auto_commit=group is not None,
         auto_offset_reset="earliest",

@@ -10,12 +10,12 @@ from types import TracebackType
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
 
 from streams.bench.env import BenchEnv, WorkerProcess
 from streams.bench.kafka import fast_producer, send_all
 from streams.bench.workload import Message
 from streams.database import asyncpg_options
+from streams.security import redis_from_settings
 
 
 class LiveWorker:
@@ -24,7 +24,7 @@ class LiveWorker:
     def __init__(self, env: BenchEnv, log_path: Path, loop: str | None = None) -> None:
         self.env = env
         self.worker = WorkerProcess(env.env, log_path, loop=loop)
-        self.redis = Redis.from_url(env.settings.redis_url.get_secret_value())
+        self.redis = redis_from_settings(env.settings)
         self.producer: AIOKafkaProducer = fast_producer(env.settings, linger_ms=5)
         self.produced = 0
         """Events sent to the worker's topics so far (all acknowledged)."""

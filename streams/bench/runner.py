@@ -39,6 +39,7 @@ from streams.bench.workload import (
     open_sessions,
     voice_misses,
 )
+from streams.security import redis_options
 from streams.settings import Settings
 
 Progress = Callable[[str], None]
@@ -236,8 +237,10 @@ class Bench:
         for rate in c.rates:
             self.progress(f"freshness at {rate:,} events/s for {c.freshness_s:.0f} s")
             workload = Workload(f"{self.run}f{rate}", users=max(100, rate // 2), seed=rate)
+            settings = live.env.settings
+            url = settings.redis_url.get_secret_value()
             watcher = fresh.KeyWatcher(
-                live.redis, live.env.settings.redis_url.get_secret_value(), self.redis_db + 2
+                live.redis, url, self.redis_db + 2, redis_options(settings, url)
             )
             async with watcher:
                 result = await fresh.measure(watcher, live, workload, rate, c.freshness_s)

@@ -55,6 +55,7 @@ from streams.bench.kafka import plain_consumer, source_topics
 from streams.bench.stats import rate
 from streams.bench.workload import Expected
 from streams.database import asyncpg_options
+from streams.security import redis_from_settings
 
 
 @dataclass
@@ -114,7 +115,7 @@ async def run_ours(
 ) -> Throughput:
     """Start a worker on the preloaded topics and time it until everything landed."""
     worker = WorkerProcess(env.env, log_path, loop=loop, processes=processes)
-    redis = Redis.from_url(env.settings.redis_url.get_secret_value())
+    redis = redis_from_settings(env.settings)
     keys = expected.redis_keys()
     worker.start()
     conn: asyncpg.Connection[asyncpg.Record] | None = None
@@ -202,7 +203,7 @@ async def run_baseline(env: BenchEnv, prefix: str, total: int, cap_s: float) -> 
         env.settings.database_url.get_secret_value(), **asyncpg_options(env.settings)
     )
     await conn.execute(NAIVE_SCHEMA)
-    redis = Redis.from_url(env.settings.redis_url.get_secret_value())
+    redis = redis_from_settings(env.settings)
     consumer = plain_consumer(env.settings, group=f"{env.settings.app_id}-naive")
     consumer.subscribe(source_topics(prefix))
     await consumer.start()

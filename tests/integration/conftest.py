@@ -39,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from streams.check import check_kafka, check_redis
 from streams.publisher import EventPublisher
 from streams.runtime import open_pool
+from streams.security import redis_options
 from streams.settings import Settings, get_settings
 from streams.topics import ensure_topics
 from tests import needs
@@ -49,10 +50,14 @@ RUN = uuid.uuid4().hex[:8]
 LOG_DIR = Path(".cache/test-logs")
 
 
-def test_redis(url: str) -> Redis:
-    """A client that reconnects by itself: some tests really restart Redis."""
+def test_redis(url: str, **tls: Any) -> Redis:
+    """A client that reconnects by itself: some tests really restart Redis.
+
+    `tls`: `streams.security.redis_options` of a `rediss://` URL.
+    """
     return Redis.from_url(
         url,
+        **tls,
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=1.0), retries=20),
         retry_on_error=[RedisConnectionError],
@@ -327,11 +332,13 @@ async def isolated_run(
     admin_url = _with_db(get_settings().database_url.get_secret_value(), "postgres")
     conn = await asyncpg.connect(admin_url)
     await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    await conn.execute(f'CREATE DATABASE "{db}"')
+    owner = urlsplit(settings.database_url.get_secret_value()).username
+    await conn.execute(f'CREATE DATABASE "{db}"' + (f' OWNER "{owner}"' if owner else ""))
     await conn.close()
     await ensure_topics(settings)
     pool = await open_pool(settings)
-    redis = test_redis(settings.redis_url.get_secret_value())
+    redis_url = settings.redis_url.get_secret_value()
+    redis = test_redis(redis_url, **redis_options(settings, redis_url))
     await redis.flushdb()
     worker = WorkerProcess(env, name, cwd=cwd)
     worker.start()

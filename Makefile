@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 setup: venv
 	bash scripts/install-system-deps.sh
 
+# --secure: also proves the secure endpoints (TLS, the `rpcache` user) the
+# secure-stack tests use; fails with what to run when a server lacks them.
 stack-up: setup
-	$(STACK) up
+	$(STACK) up --secure
 
 stack-down: venv
 	$(STACK) down

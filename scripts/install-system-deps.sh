@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages `rpcache stack up` runs the servers from:
 # redis-server, PostgreSQL, Java 17 and Maven (Kafka itself comes from Maven
-# Central), and what some tests run: chromium, the headless browser the
-# dashboard test drives (Playwright uses it as installed: no browser
-# download), pgbouncer, which the transaction-pooler test puts in front of the
-# stack's PostgreSQL, and promtool (Debian's `prometheus` package), which tests
-# the alert rules. Debian/Ubuntu only; idempotent: a package is installed only
-# when its command is missing, and apt-get update runs at most once.
+# Central), openssl (the stack's certificates), and what some tests run:
+# chromium, the headless browser the dashboard test drives (Playwright uses it
+# as installed: no browser download), pgbouncer, which the transaction-pooler
+# test puts in front of the stack's PostgreSQL, and promtool (Debian's
+# `prometheus` package), which tests the alert rules. Debian/Ubuntu only;
+# idempotent: a package is installed only when its command is missing, and
+# apt-get update runs at most once.
 #
 # Why stop the services the packages start: Debian starts a `main` PostgreSQL
 # cluster on 5432, a system Redis on 6379, pgbouncer on 6432 and Prometheus on
@@ -39,19 +40,21 @@ if ! have java || [ "$(java_major)" -lt 17 ]; then
   missing+=(openjdk-17-jre-headless)
 fi
 have mvn || missing+=(maven)
+# `rpcache stack up` makes the stack's certificates with the openssl command.
+have openssl || missing+=(openssl)
 have chromium || missing+=(chromium)
 # pgbouncer lives in /usr/sbin, which a normal user's PATH may lack.
 have pgbouncer || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 have promtool || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system deps: redis-server, postgresql, java >= 17, maven, chromium, pgbouncer and promtool are present"
+  echo "system deps: redis-server, postgresql, java >= 17, maven, openssl, chromium, pgbouncer and promtool are present"
   exit 0
 fi
 
 if ! have apt-get; then
   echo "system deps: missing ${missing[*]}, and this is not a Debian-like system:" >&2
-  echo "install Redis 7, PostgreSQL 15+, Java 17+, Maven 3, Chromium, PgBouncer and" >&2
+  echo "install Redis 7, PostgreSQL 15+, Java 17+, Maven 3, OpenSSL, Chromium, PgBouncer and" >&2
   echo "Prometheus's promtool yourself." >&2
   exit 1
 fi

@@ -11,6 +11,11 @@ loop, so tests can really stop, kill and restart a server:
     from streams.stack import kill_service, start_service
     kill_service("redis")      # SIGKILL, as a crash
     start_service("redis")     # back, healthy when this returns
+
+Every server also has a secure endpoint (TLS, the user `rpcache`; see
+streams/stack/secure.py): `verify_secure` proves they answer, `secure_env`
+and `plain_env` give the settings that point rpcache at either, `tls_paths`
+the certificate files (the CA clients trust, and one they must not).
 """
 
 from __future__ import annotations
@@ -21,25 +26,45 @@ from dataclasses import dataclass
 from typing import Literal
 
 from streams.settings import Settings, get_settings
-from streams.stack.common import Address, Outcome, Service, StackError
+from streams.stack.common import Address, Outcome, SecureProbeError, Service, StackError
 from streams.stack.kafka import KAFKA_VERSION, KafkaServer
 from streams.stack.postgres import PostgresServer
 from streams.stack.redis_server import RedisServer
+from streams.stack.secure import (
+    UP_SECURE,
+    Credentials,
+    TlsPaths,
+    export_lines,
+    load_credentials,
+    plain_env,
+    secure_env,
+    tls_paths,
+)
 
 __all__ = [
     "KAFKA_VERSION",
     "SERVICE_NAMES",
+    "Credentials",
     "Outcome",
+    "SecureCheck",
+    "SecureProbeError",
     "ServiceName",
     "ServiceStatus",
     "StackError",
+    "TlsPaths",
     "down",
+    "export_lines",
     "get_service",
     "kill_service",
+    "load_credentials",
+    "plain_env",
+    "secure_env",
     "start_service",
     "status",
     "stop_service",
+    "tls_paths",
     "up",
+    "verify_secure",
 ]
 
 ServiceName = Literal["kafka", "redis", "postgres"]
@@ -129,3 +154,64 @@ def status(names: Iterable[ServiceName] = SERVICE_NAMES) -> list[ServiceStatus]:
         log = str(service.log_path) if pid is not None else ""
         rows.append(ServiceStatus(name, service.address, service.answers(), pid, log))
     return rows
+
+
+@dataclass(frozen=True)
+class SecureCheck:
+    """Whether one server's secure endpoint works (`verify_secure`)."""
+
+    service: str
+    address: Address
+    what: str
+    """What was proven (or tried), e.g. "SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"."""
+    problem: str | None
+    """None when it works; else what failed and what to run."""
+
+
+_SECURE_WHAT = {
+    "kafka": "SASL_SSL with PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+    "redis": "TLS, ACL user",
+    "postgres": "TLS (verify-full), scram-sha-256",
+}
+
+
+def verify_secure(
+    names: Iterable[ServiceName] = SERVICE_NAMES, settings: Settings | None = None
+) -> list[SecureCheck]:
+    """Prove each secure endpoint: a TLS handshake against the stack's CA, the credentials
+    accepted. A failure says why and whether a restart of the stack cures it."""
+    settings = settings or get_settings()
+    services = [get_service(name, settings) for name in names]
+    try:
+        load_credentials(settings)
+    except StackError as exc:
+        return [
+            SecureCheck(s.name, s.secure_address, _SECURE_WHAT[s.name], str(exc)) for s in services
+        ]
+    with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+        problems = list(pool.map(lambda service: service.secure_problem(), services))
+    return [
+        SecureCheck(
+            service.name,
+            service.secure_address,
+            _SECURE_WHAT[service.name],
+            None if problem is None else _explain(service, problem),
+        )
+        for service, problem in zip(services, problems, strict=True)
+    ]
+
+
+def _explain(service: Service, problem: SecureProbeError) -> str:
+    """The failure, and what the operator runs to get the secure endpoint."""
+    detail = problem.detail.rstrip(". ")
+    if service.pid() is not None:
+        return (
+            f"{detail}. This checkout started the server without this endpoint (an older "
+            "rpcache), or before the stack's certificates or password changed: run "
+            f"`rpcache stack down` then `{UP_SECURE}`"
+        )
+    return (
+        f"{detail}. The server at {service.address} was not started by this checkout "
+        "(reused), so it lacks the stack's secure endpoints: stop it, then run "
+        f"`{UP_SECURE}` (`rpcache stack down` stops only the servers this checkout started)"
+    )

@@ -1,4 +1,4 @@
-"""`rpcache stack up|down|status`: the command-line face of `streams.stack`.
+"""`rpcache stack up|down|status|env`: the command-line face of `streams.stack`.
 
 Mounted by `streams.cli` with `app.add_typer(stack_app, name="stack")`; it
 also runs alone (`python -m streams.stack.cli up`) so the Makefile and CI can
@@ -18,11 +18,16 @@ from rich.table import Table
 from streams.stack import (
     SERVICE_NAMES,
     Outcome,
+    SecureCheck,
     ServiceName,
     StackError,
     down,
+    export_lines,
+    plain_env,
+    secure_env,
     status,
     up,
+    verify_secure,
 )
 
 stack_app = typer.Typer(
@@ -75,14 +80,48 @@ def _print_outcome(outcome: Outcome) -> None:
         console.print(f"{'':<9} {note}", highlight=False)
 
 
+def _print_secure(check: SecureCheck) -> None:
+    if check.problem is None:
+        console.print(
+            f"{check.service:<9} [green]secure endpoint answers at[/] {check.address}  "
+            f"({check.what})",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"{check.service:<9} [bold red]secure endpoint at {check.address} fails:[/] "
+            f"{check.problem}",
+            highlight=False,
+        )
+
+
 @stack_app.command("up")
-def up_command(services: ServicesArg = None) -> None:
+def up_command(
+    services: ServicesArg = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Then prove the secure endpoints (Kafka SASL_SSL, Redis TLS + ACL user, "
+            "PostgreSQL TLS): a TLS handshake against the stack's CA, the credentials "
+            "accepted. `rpcache stack env --secure` prints their settings.",
+        ),
+    ] = False,
+) -> None:
     """Start what does not answer yet (reusing what does) and wait until healthy."""
     started = time.monotonic()
+    names = _names(services)
     try:
-        up(_names(services), on_done=_print_outcome)
+        up(names, on_done=_print_outcome)
     except StackError as exc:
         raise _fail(exc) from exc
+    if secure:
+        checks = verify_secure(names)
+        for check in checks:
+            _print_secure(check)
+        if any(check.problem for check in checks):
+            console.print("[bold red]stack error:[/] a secure endpoint does not work (above)")
+            raise typer.Exit(code=1)
     console.print(f"stack ready in {time.monotonic() - started:.1f} s")
 
 
@@ -116,6 +155,27 @@ def status_command(
     console.print(table)
     if check and not all(row.answers for row in rows):
         raise typer.Exit(code=1)
+
+
+@stack_app.command("env")
+def env_command(
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="The secure endpoints: Kafka SASL_SSL (SCRAM-SHA-256), Redis over TLS "
+            "with the ACL user, PostgreSQL with TLS (verify-full); includes the password.",
+        ),
+    ] = False,
+) -> None:
+    """Print `export NAME=value` lines for this stack: eval "$(rpcache stack env)"."""
+    try:
+        env = secure_env() if secure else plain_env()
+    except StackError as exc:
+        typer.echo(f"stack error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    for line in export_lines(env):
+        typer.echo(line)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from streams import paths
@@ -44,6 +44,24 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", ""})
 
 class StackError(RuntimeError):
     """A stack operation failed; the message says what to install or change."""
+
+
+ProbeFailure = Literal["unreachable", "tls", "auth", "config", "protocol"]
+
+
+class SecureProbeError(Exception):
+    """A secure endpoint did not do its part; `kind` says which part.
+
+    unreachable: nothing listens there; tls: no TLS, or a certificate the
+    stack's CA did not sign; auth: the credentials were refused; config: the
+    server is configured otherwise (a mechanism or a listener missing);
+    protocol: an answer that makes no sense.
+    """
+
+    def __init__(self, kind: ProbeFailure, detail: str) -> None:
+        super().__init__(detail)
+        self.kind: ProbeFailure = kind
+        self.detail = detail
 
 
 # --- addresses ---------------------------------------------------------------
@@ -327,9 +345,20 @@ class Service(ABC):
     def log_path(self) -> Path:
         return self.home / f"{self.name}.log"
 
+    @property
+    @abstractmethod
+    def secure_address(self) -> Address:
+        """Where the secure endpoint answers (TLS, the `rpcache` user: streams/stack/secure.py)."""
+
     @abstractmethod
     def answers(self) -> bool:
         """A real protocol round trip succeeded (not merely an open port)."""
+
+    @abstractmethod
+    def secure_problem(self) -> SecureProbeError | None:
+        """None when the secure endpoint completes a TLS handshake against the stack's CA
+        and accepts the stack's credentials; else what failed. Needs the credentials
+        (StackError without them)."""
 
     @abstractmethod
     def pid(self) -> int | None:

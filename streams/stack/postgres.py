@@ -9,6 +9,15 @@ PostgreSQL refuses to run as root. When we are root, the data directory is
 given to the `postgres` OS user and initdb/pg_ctl run through `runuser`; if
 that user cannot reach the stack directory, the cluster moves to
 /var/tmp/rpcache-<hash of that path>/postgres and `up` says so.
+
+TLS is on (`ssl = on`, the stack's certificate, copied next to the data
+directory for the cluster's owner: PostgreSQL refuses a key others may read),
+and the role `rpcache` (LOGIN CREATEDB, scram-sha-256 password) may connect
+only over TLS: a block at the top of pg_hba.conf, rewritten at each start,
+lets it in with `hostssl … scram-sha-256` and rejects it otherwise. The
+`postgres` superuser keeps its trusted access. The role owns the database
+of DATABASE_URL (and the tables in its `public` schema), so a worker pointed
+at the secure endpoint works on the same data as one on the plain one.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import contextlib
 import os
 import re
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +36,7 @@ import asyncpg
 from streams.settings import Settings
 from streams.stack.common import (
     Address,
+    SecureProbeError,
     Service,
     StackError,
     address_from_url,
@@ -37,12 +48,26 @@ from streams.stack.common import (
     short_hash,
     stack_root,
 )
+from streams.stack.secure import (
+    TLS_HOSTNAME,
+    Credentials,
+    ensure_credentials,
+    ensure_tls,
+    load_credentials,
+    postgres_database,
+    postgres_scram_verifier,
+    postgres_secure_address,
+    postgres_verifier_matches,
+    tls_paths,
+)
 
 DEFAULT_PORT = 5432
 OS_USER = "postgres"
 INSTALL_HINT = "bash scripts/install-system-deps.sh  (or: apt-get install postgresql)"
 CONF_INCLUDE = "include_if_exists = 'rpcache.conf'"
 SOCKET_PATH_LIMIT = 100  # sun_path holds 107 bytes, including ".s.PGSQL.<port>"
+HBA_BEGIN = "# BEGIN rpcache stack: the secure user over TLS only (rewritten at each start)"
+HBA_END = "# END rpcache stack"
 
 
 class PostgresServer(Service):
@@ -66,6 +91,11 @@ class PostgresServer(Service):
     @property
     def address(self) -> Address:
         return address_from_url(self.url, DEFAULT_PORT)
+
+    @property
+    def secure_address(self) -> Address:
+        """The same port: PostgreSQL negotiates TLS on its one port."""
+        return postgres_secure_address(self.settings)
 
     @property
     def cluster_dir(self) -> Path:
@@ -115,6 +145,13 @@ class PostgresServer(Service):
         """An asyncpg connection with DATABASE_URL succeeds (a missing database is fine)."""
         return run_async(lambda: _probe(self.url))
 
+    def secure_problem(self) -> SecureProbeError | None:
+        """The role connects with TLS verified against the stack's CA (verify-full)."""
+        creds = load_credentials(self.settings)
+        cafile = tls_paths(self.settings).ca
+        database = postgres_database(self.settings)
+        return run_async(lambda: postgres_tls_problem(self.secure_address, database, creds, cafile))
+
     def pid(self) -> int | None:
         pid = read_pid(self.data_dir / "postmaster.pid")
         if pid is None or not pid_alive(pid) or not process_matches(pid, str(self.data_dir)):
@@ -132,7 +169,11 @@ class PostgresServer(Service):
         if not (self.data_dir / "PG_VERSION").is_file():
             self._initdb(bindir)
             notes.append(f"created a new cluster in {self.data_dir}")
+        notes += ensure_tls(self.settings)
+        ensure_credentials(self.settings)
+        self._copy_certificate()
         self._write_config()
+        self._write_hba()
         self._drop_stale_locks()
         pg_ctl = [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path)]
         self._run([*pg_ctl, "-w", "-t", str(int(self.start_timeout)), "start"])
@@ -162,6 +203,29 @@ class PostgresServer(Service):
             if pid is not None and not pid_alive(pid):
                 lock.unlink(missing_ok=True)
 
+    @property
+    def tls_dir(self) -> Path:
+        """The cluster owner's copy of the certificate and key."""
+        return self.cluster_dir / "tls"
+
+    def _copy_certificate(self) -> None:
+        """Copy the stack's certificate and key for the cluster's owner, key 0600.
+
+        PostgreSQL refuses a key file others may read, and the stack's own may
+        sit where the `postgres` OS user cannot go.
+        """
+        paths = tls_paths(self.settings)
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        self.tls_dir.chmod(0o700)
+        _chown(self.tls_dir, self.run_as)
+        for source, name in ((paths.server_cert, "server.crt"), (paths.server_key, "server.key")):
+            target = self.tls_dir / name
+            target.unlink(missing_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(source.read_bytes())
+            _chown(target, self.run_as)
+
     def _write_config(self) -> None:
         """Rewritten on every start, so a new port in DATABASE_URL takes effect."""
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -174,10 +238,22 @@ class PostgresServer(Service):
             f"unix_socket_directories = '{self.socket_dir}'\n"
             "fsync = on\n"
             "max_connections = 200\n"
+            "ssl = on\n"
+            f"ssl_cert_file = '{self.tls_dir / 'server.crt'}'\n"
+            f"ssl_key_file = '{self.tls_dir / 'server.key'}'\n"
+            "password_encryption = 'scram-sha-256'\n"
         )
         _chown(conf, self.run_as)
         self.log_path.touch()
         _chown(self.log_path, self.run_as)
+
+    def _write_hba(self) -> None:
+        """Put the secure user's lines first in pg_hba.conf (first match wins)."""
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        if HBA_BEGIN in lines and HBA_END in lines:
+            del lines[lines.index(HBA_BEGIN) : lines.index(HBA_END) + 1]
+        hba.write_text("\n".join([*hba_lines(load_credentials(self.settings)), *lines]) + "\n")
 
     def _stop(self, pid: int) -> None:
         pg_ctl = [str(postgres_bindir(self.data_dir) / "pg_ctl"), "-D", str(self.data_dir)]
@@ -192,9 +268,16 @@ class PostgresServer(Service):
         return run([*prefix, *argv], cwd=self.cluster_dir, timeout=self.start_timeout + 30)
 
     def _after_ready(self, notes: list[str]) -> None:
-        """The database of DATABASE_URL exists once `up` returns."""
+        """The database of DATABASE_URL exists once `up` returns; ours has the secure role."""
         if run_async(lambda: ensure_database(self.url)):
             notes.append(f"created database {database_name(self.url)!r}")
+        if self.pid() is None:
+            return  # not ours: never add a role to a server somebody else runs
+        try:
+            creds = load_credentials(self.settings)
+        except StackError:
+            return  # started by an older rpcache: `up --secure` says what to do
+        notes += run_async(lambda: ensure_secure_role(self.url, creds))
 
 
 def _chown(path: Path, user: str | None) -> None:
@@ -259,3 +342,126 @@ async def ensure_database(url: str) -> bool:
     finally:
         await conn.close()
     return True
+
+
+def hba_lines(creds: Credentials) -> list[str]:
+    """The secure user: scram-sha-256 over TLS from this machine, rejected otherwise."""
+    user = creds.username
+    return [
+        HBA_BEGIN,
+        f"hostssl   all  {user}  127.0.0.1/32  scram-sha-256",
+        f"hostssl   all  {user}  ::1/128       scram-sha-256",
+        f"hostnossl all  {user}  all           reject",
+        f"local     all  {user}                reject",
+        HBA_END,
+    ]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_secure_role(admin_url: str, creds: Credentials) -> list[str]:
+    """The role, its password, and its ownership of the database of `admin_url`.
+
+    Idempotent. The password is sent as its SCRAM verifier, never in clear.
+    Tables that another role (the plain endpoint's `postgres`) created in the
+    database's `public` schema are given to the role too, and what that role
+    creates later is granted to it, so both endpoints share the data.
+    """
+    notes: list[str] = []
+    role = _ident(creds.username)
+    database = database_name(admin_url)
+    conn = await asyncpg.connect(admin_url, database="postgres", timeout=5)
+    try:
+        found = await conn.fetchrow(
+            "SELECT rolpassword, rolcanlogin AND rolcreatedb AS attributes_ok "
+            "FROM pg_authid WHERE rolname = $1",
+            creds.username,
+        )
+        if found is None:
+            verifier = postgres_scram_verifier(creds.password)
+            await conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{verifier}'")
+            notes.append(f"created role {creds.username!r} (TLS only)")
+        else:
+            if not found["attributes_ok"]:
+                await conn.execute(f"ALTER ROLE {role} LOGIN CREATEDB")
+            if not postgres_verifier_matches(found["rolpassword"], creds.password):
+                verifier = postgres_scram_verifier(creds.password)
+                await conn.execute(f"ALTER ROLE {role} PASSWORD '{verifier}'")
+                notes.append(f"set the password of role {creds.username!r}")
+        owner = await conn.fetchval(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", database
+        )
+        if owner is not None and owner != creds.username:
+            await conn.execute(f"ALTER DATABASE {_ident(database)} OWNER TO {role}")
+            notes.append(f"database {database!r} now owned by {creds.username!r}")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(admin_url, timeout=5)
+    try:
+        await conn.execute("SET lock_timeout = '5s'")
+        tables = await conn.fetch(_FOREIGN_TABLES, creds.username)
+        for row in tables:
+            await conn.execute(f"ALTER TABLE public.{_ident(row['relname'])} OWNER TO {role}")
+        if tables:
+            notes.append(f"{len(tables)} table(s) of {database!r} now owned by {creds.username!r}")
+        await conn.execute(
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO {role}; "
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO {role}"
+        )
+    except asyncpg.LockNotAvailableError:
+        notes.append(f"tables of {database!r} busy: their owner is left as it is")
+    finally:
+        await conn.close()
+    return notes
+
+
+_FOREIGN_TABLES = """
+SELECT c.relname FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+  AND pg_get_userbyid(c.relowner) <> $1
+ORDER BY c.relname
+"""
+
+
+async def postgres_tls_problem(
+    address: Address, database: str, creds: Credentials, cafile: Path
+) -> SecureProbeError | None:
+    """None when `creds` log in over TLS verified against `cafile` (verify-full)."""
+    try:
+        context = ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        return SecureProbeError("tls", f"cannot load the CA {cafile}: {exc}")
+    try:
+        conn = await asyncpg.connect(
+            host=TLS_HOSTNAME if address.is_local else address.host,
+            port=address.port,
+            user=creds.username,
+            password=creds.password,
+            database=database,
+            ssl=context,
+            timeout=5,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        return SecureProbeError("tls", f"its certificate is not trusted by {cafile}: {exc}")
+    except asyncpg.InvalidPasswordError as exc:
+        return SecureProbeError("auth", f"role {creds.username!r} refused: {exc}")
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        return SecureProbeError("config", f"role {creds.username!r} not let in: {exc}")
+    except asyncpg.InvalidCatalogNameError as exc:
+        return SecureProbeError("config", str(exc))
+    except ConnectionError as exc:
+        if "SSL" in str(exc):  # "rejected SSL upgrade": ssl is off
+            return SecureProbeError("tls", f"no TLS at {address} (the server has ssl off)")
+        return SecureProbeError("unreachable", f"{address}: {exc}")
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return SecureProbeError("unreachable", f"{address}: {type(exc).__name__}: {exc}")
+    try:
+        encrypted = await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    finally:
+        await conn.close()
+    if not encrypted:
+        return SecureProbeError("tls", "the connection is not encrypted")
+    return None

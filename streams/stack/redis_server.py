@@ -6,10 +6,17 @@ real Redis outage would, and `rpcache replay` rebuilds it. Memory is capped at
 1 GB with `volatile-lru`, so only keys with a TTL are ever evicted, as in the
 deployed cache. It runs in the foreground of a process of its own session
 (`daemonize no`) so that its pid is the one we recorded.
+
+Beside the plain port (its `default` user unchanged), it listens for TLS on
+<port + 1> with the stack's certificate (streams/stack/secure.py), client
+certificates optional, and knows the ACL user `rpcache` (all keys, channels
+and commands), whose password the config holds only as its SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +24,7 @@ import redis
 
 from streams.stack.common import (
     Address,
+    SecureProbeError,
     Service,
     StackError,
     address_from_url,
@@ -25,6 +33,15 @@ from streams.stack.common import (
     read_pid,
     require_binary,
     spawn_detached,
+)
+from streams.stack.secure import (
+    Credentials,
+    TlsPaths,
+    ensure_credentials,
+    ensure_tls,
+    load_credentials,
+    redis_secure_address,
+    tls_paths,
 )
 
 DEFAULT_PORT = 6379
@@ -47,8 +64,16 @@ class RedisServer(Service):
         return address_from_url(self.url, DEFAULT_PORT)
 
     @property
+    def secure_address(self) -> Address:
+        """The TLS port, <port + 1>."""
+        return redis_secure_address(self.settings)
+
+    @property
     def config_path(self) -> Path:
         return self.home / "redis.conf"
+
+    def ports_needed(self) -> list[int]:
+        return [self.address.port, self.secure_address.port]
 
     @property
     def pid_path(self) -> Path:
@@ -64,6 +89,12 @@ class RedisServer(Service):
         finally:
             client.close()
 
+    def secure_problem(self) -> SecureProbeError | None:
+        """PING over TLS (the stack's CA only, `localhost` verified) as the ACL user."""
+        return redis_tls_problem(
+            self.secure_address, load_credentials(self.settings), tls_paths(self.settings).ca
+        )
+
     def pid(self) -> int | None:
         pid = read_pid(self.pid_path)
         if pid is None or not pid_alive(pid) or not process_matches(pid, "redis-server"):
@@ -74,8 +105,12 @@ class RedisServer(Service):
         binary = require_binary("redis-server", INSTALL_HINT)
         if urlsplit(self.url).scheme == "rediss":
             raise StackError("REDIS_URL uses TLS (rediss://); the local stack runs plain Redis")
+        notes += ensure_tls(self.settings)
+        creds = ensure_credentials(self.settings)
         (self.home / "data").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(redis_config(self.address.port, self.home / "data", self.url))
+        config = redis_config(self.address.port, self.home / "data", self.url)
+        config += redis_tls_config(self.secure_address.port, tls_paths(self.settings), creds)
+        self.config_path.write_text(config)
         self.config_path.chmod(0o600)  # it may hold requirepass
         pid = spawn_detached([binary, str(self.config_path)], log=self.log_path, cwd=self.home)
         self.pid_path.write_text(f"{pid}\n")
@@ -100,3 +135,62 @@ def redis_config(port: int, data_dir: Path, url: str) -> str:
     if password:
         lines.append(f'requirepass "{password}"')
     return "\n".join(lines) + "\n"
+
+
+def redis_tls_config(tls_port: int, tls: TlsPaths, creds: Credentials) -> str:
+    """The TLS port and the ACL user (its password as SHA-256, `#<hex>`)."""
+    digest = hashlib.sha256(creds.password.encode()).hexdigest()
+    lines = [
+        f"tls-port {tls_port}",
+        f'tls-cert-file "{tls.server_cert}"',
+        f'tls-key-file "{tls.server_key}"',
+        f'tls-ca-cert-file "{tls.ca}"',
+        "tls-auth-clients optional",
+        f"user {creds.username} on #{digest} ~* &* +@all",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def redis_tls_problem(
+    address: Address, creds: Credentials, cafile: Path, timeout: float = 3.0
+) -> SecureProbeError | None:
+    """None when PING succeeds over TLS as `creds`; else what failed."""
+    client = redis.Redis(
+        host=address.host,
+        port=address.port,
+        username=creds.username,
+        password=creds.password,
+        ssl=True,
+        ssl_ca_certs=str(cafile),
+        ssl_check_hostname=True,
+        ssl_cert_reqs="required",
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        return SecureProbeError("auth", f"the ACL user {creds.username!r} was refused: {exc}")
+    except (redis.RedisError, OSError) as exc:
+        return _connection_problem(address, cafile, exc)
+    finally:
+        client.close()
+    return None
+
+
+def _connection_problem(address: Address, cafile: Path, exc: BaseException) -> SecureProbeError:
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 5:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = "; ".join(str(c) for c in causes)
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes) or (
+        "CERTIFICATE_VERIFY_FAILED" in text
+    ):
+        return SecureProbeError("tls", f"its certificate is not trusted by {cafile}: {exc}")
+    if any(isinstance(c, ssl.SSLError) for c in causes) or "SSL" in text:
+        return SecureProbeError("tls", f"no TLS at {address}: {exc}")
+    if any(isinstance(c, ConnectionRefusedError) for c in causes) or "refused" in text:
+        return SecureProbeError("unreachable", f"no TLS port at {address} (connection refused)")
+    return SecureProbeError("protocol", f"{type(exc).__name__}: {exc}")

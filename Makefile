@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-STACK := $(BIN)/python -m streams.stack.cli
+STACK := $(BIN)/python -m streams.tools.stack.cli
 PYTEST_ARGS ?=
 
 .PHONY: venv setup stack-up stack-down stack-status test test-unit chaos demo lint

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streams.pipeline import BatchPipeline, RawMessage
+from streams.write.pipeline import BatchPipeline, RawMessage
 
 log = logging.getLogger(__name__)
 

@@ -23,15 +23,15 @@ from schemas.keys import (
     SYNTHESIS_TOPIC,
     topic_name,
 )
-from streams import heartbeat, web
-from streams.kafka_transport import Transport as KafkaTransport
-from streams.monitor import Monitor
-from streams.preflight import EXIT_CONFIG, refusals
-from streams.runtime import Runtime, processed_positions
+from streams.observe import heartbeat, web
+from streams.observe.monitor import Monitor
+from streams.read.warmup import warmup
 from streams.security import faust_credentials
 from streams.settings import get_settings
-from streams.warmup import warmup
-from streams.watchdog import EXIT_STALLED
+from streams.worker.kafka_transport import Transport as KafkaTransport
+from streams.worker.preflight import EXIT_CONFIG, refusals
+from streams.worker.runtime import Runtime, processed_positions
+from streams.worker.watchdog import EXIT_STALLED
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -78,7 +78,7 @@ class RpcacheApp(faust.App):
             await _write_beat(self.runtime, starting=False)
 
     def _new_transport(self) -> Any:
-        """Faust's Kafka transport with our fetch wait (streams/kafka_transport.py)."""
+        """Faust's Kafka transport with our fetch wait (streams/worker/kafka_transport.py)."""
         return KafkaTransport(self.conf.broker_consumer, self)
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
@@ -149,7 +149,7 @@ async def sweep_idle_sessions() -> None:
 
 @app.timer(interval=settings.stats_interval_s, on_leader=True)
 async def project_stats() -> None:
-    """The one writer of stats:realtime:{day} (streams/families/stats.py)."""
+    """The one writer of stats:realtime:{day} (streams/write/families/stats.py)."""
     runtime = app.runtime
     try:
         await runtime.project_stats()
@@ -238,7 +238,7 @@ async def _write_beat(runtime: Runtime, *, starting: bool) -> None:
 
 async def _refuse_to_start_without_access() -> None:
     """Exit 78 with one line per server that refuses our credentials or TLS
-    (streams/preflight.py); a server that does not answer yet is waited for."""
+    (streams/worker/preflight.py); a server that does not answer yet is waited for."""
     found = await refusals(settings, settings.check_timeout_s)
     if not found:
         return

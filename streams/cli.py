@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from streams.stack.cli import stack_app
+from streams.tools.stack.cli import stack_app
 
 if TYPE_CHECKING:
-    from streams.replay import ReplaySummary
+    from streams.read.replay import ReplaySummary
 
 cli = typer.Typer(
     help="rpcache: Kafka → Faust → Redis + PostgreSQL cache for voice role-play.",
@@ -60,7 +60,7 @@ def worker(
     settings = get_settings()
     count = processes or settings.worker_processes
     if count > 1:
-        from streams import supervisor
+        from streams.worker import supervisor
 
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
         raise typer.Exit(
@@ -101,7 +101,7 @@ def demo(
     EventPublisher, waits until PostgreSQL and Redis hold all of it, prints
     what landed where, and stops the worker. Run `rpcache stack up` first.
     """
-    from streams.demo import run_demo
+    from streams.tools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves on new topics
@@ -132,7 +132,7 @@ def replay(
     otherwise, and a summary at the end.
     """
     from schemas.events import parse_rfc3339
-    from streams.replay import parse_families, parse_rate
+    from streams.read.replay import parse_families, parse_rate
 
     try:
         families, per_s = parse_families(family), parse_rate(rate)
@@ -145,9 +145,9 @@ def replay(
 
 
 async def _replay(families: list[str], since: datetime | None, rate: float | None) -> ReplaySummary:
-    from streams.replay import replay as run
-    from streams.runtime import open_pool, open_redis
+    from streams.read.replay import replay as run
     from streams.settings import get_settings
+    from streams.worker.runtime import open_pool, open_redis
 
     settings = get_settings()
     pool = await open_pool(settings)
@@ -187,9 +187,9 @@ def warmup(
 
 
 async def _warmup(top: int) -> Counter[str]:
-    from streams.runtime import open_pool, open_redis
+    from streams.read.warmup import warmup as run
     from streams.settings import get_settings
-    from streams.warmup import warmup as run
+    from streams.worker.runtime import open_pool, open_redis
 
     settings = get_settings()
     pool = await open_pool(settings)
@@ -222,7 +222,7 @@ def check(
     Exits 0 when all pass, 1 otherwise; one line per check says why. Used as
     the worker's healthcheck in docker-compose.yml.
     """
-    from streams.check import run_checks
+    from streams.observe.check import run_checks
     from streams.settings import get_settings
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the kafka line says it
@@ -262,7 +262,7 @@ def bench(
     Each benchmark gets its own database, Redis db and topics, dropped at the
     end. Prints the tables and writes the same figures to bench.json.
     """
-    from streams.bench.main import parse_phases, run_bench
+    from streams.tools.bench.main import parse_phases, run_bench
 
     try:
         phases = parse_phases(only)

@@ -17,7 +17,7 @@ what `DATABASE_POOLER=transaction` does about it:
   parsing and planning every statement again, per batch, not per event.
 - Session settings, advisory locks, LISTEN, temporary tables: rpcache uses
   none. The migrations take a transaction-level advisory lock
-  (`pg_advisory_xact_lock`) and run in one transaction (streams/migrate.py);
+  (`pg_advisory_xact_lock`) and run in one transaction (streams/store/migrate.py);
   every write path is one transaction. Types asyncpg would have to introspect
   (it turns `jit` off for the session meanwhile) are not used either: every
   column is of a built-in type.

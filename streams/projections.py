@@ -35,6 +35,7 @@ from schemas.keys import (
     user_state_key,
     voice_key_for_hash,
 )
+from streams.model import SessionState, UserState
 from streams.reducers.caches import (
     AI_FAILED,
     AI_HITS,
@@ -46,7 +47,6 @@ from streams.reducers.caches import (
     LatencyPoint,
 )
 from streams.reducers.sessions import SESSIONS_STARTED
-from streams.state import SessionState, UserState
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     warmup_top_n: int = Field(100, ge=1)
     warmup_on_start: bool = False
 
-    # --- read library (streams/reader.py) ---------------------------------------
+    # --- read library (streams/read/reader.py) ---------------------------------------
     read_timeout_ms: int = Field(50, ge=1)
     """Budget of one Redis read; past it the read is answered from PostgreSQL."""
     breaker_fail_max: int = Field(5, ge=1)
@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     worker_processes: int = Field(1, ge=1, le=64)
     """Processes `rpcache worker` runs in one consumer group (one core each; README)."""
 
-    # --- observability (streams/metrics.py, `rpcache check`, /dashboard) -------
+    # --- observability (streams/observe/metrics.py, `rpcache check`, /dashboard) -------
     worker_id: str = Field(default_factory=socket.gethostname)
     """Names this worker's heartbeat row; `rpcache check` reads the row of its own."""
     heartbeat_interval_s: float = Field(5.0, gt=0)

@@ -29,7 +29,7 @@ from schemas.events import (
     UserLogin,
 )
 from schemas.keys import SESSION_TTL
-from streams.state import SessionState, UserState
+from streams.model import SessionState, UserState
 
 SESSIONS_STARTED = "sessions_started"
 """daily_counters name behind total_sessions_today."""

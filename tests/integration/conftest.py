@@ -36,12 +36,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streams.check import check_kafka, check_redis
+from streams.observe.check import check_kafka, check_redis
 from streams.publisher import EventPublisher
-from streams.runtime import open_pool
 from streams.security import redis_options
 from streams.settings import Settings, get_settings
-from streams.topics import ensure_topics
+from streams.worker.runtime import open_pool
+from streams.worker.topics import ensure_topics
 from tests import needs
 
 pytestmark = pytest.mark.integration

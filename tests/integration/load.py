@@ -38,7 +38,7 @@ from schemas.events import (
 )
 from streams.projections import Delete, HashWrite, SortedSetAdd, StringWrite
 from streams.publisher import EventPublisher
-from streams.recompute import FAMILIES, family_chunks
+from streams.read.recompute import FAMILIES, family_chunks
 from streams.reducers.caches import (
     AI_FAILED,
     AI_HITS,

@@ -24,8 +24,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.keys import stats_key
-from streams.reader import CacheReader
-from streams.stack import kill_service, start_service, stop_service
+from streams.read.reader import CacheReader
+from streams.tools.stack import kill_service, start_service, stop_service
 from tests.integration.conftest import (
     IsolatedRun,
     WorkerProcess,

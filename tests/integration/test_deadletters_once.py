@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from schemas.messages import dead_letter_id
-from streams import deadletters
-from streams.runtime import open_pool
 from streams.settings import Settings, get_settings
+from streams.worker.runtime import open_pool
+from streams.write import deadletters
 from tests.integration.conftest import RUN, _with_db, eventually, isolated_run
 
 pytestmark = pytest.mark.integration

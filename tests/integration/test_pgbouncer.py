@@ -27,8 +27,8 @@ import asyncpg
 import pytest
 
 from schemas.keys import ai_response_key, session_key, voice_key
-from streams import heartbeat
-from streams.heartbeat import Heartbeat
+from streams.observe import heartbeat
+from streams.observe.heartbeat import Heartbeat
 from tests import needs
 from tests.integration.conftest import (
     LOG_DIR,

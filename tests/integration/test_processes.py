@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import heartbeat
-from streams.heartbeat import Heartbeat
-from streams.sinks.postgres import Connection
+from streams.observe import heartbeat
+from streams.observe.heartbeat import Heartbeat
+from streams.store.postgres import Connection
 from tests.integration.conftest import (
     IsolatedRun,
     eventually,

@@ -33,7 +33,7 @@ from schemas.keys import (
     voice_key,
 )
 from streams.publisher import EventPublisher
-from streams.reader import BreakerState, CacheReader, ReadResult
+from streams.read.reader import BreakerState, CacheReader, ReadResult
 from streams.settings import Settings
 from tests.integration.conftest import PrivateRedis, WorkerProcess, eventually
 

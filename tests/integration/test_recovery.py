@@ -20,9 +20,9 @@ from schemas.keys import (
     session_key,
     voice_key,
 )
-from streams.replay import replay
-from streams.stack import start_service, stop_service
-from streams.warmup import warmup
+from streams.read.replay import replay
+from streams.read.warmup import warmup
+from streams.tools.stack import start_service, stop_service
 from tests.integration.conftest import (
     IsolatedRun,
     eventually,

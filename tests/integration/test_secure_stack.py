@@ -1,7 +1,7 @@
 """The local stack's secure endpoints, proven with plain library clients (no rpcache client).
 
 Every stack `rpcache stack up` starts has them beside the plain ones
-(streams/stack/secure.py): Kafka SASL_SSL on <port + 2> (PLAIN, SCRAM-SHA-256,
+(streams/tools/stack/secure.py): Kafka SASL_SSL on <port + 2> (PLAIN, SCRAM-SHA-256,
 SCRAM-SHA-512), Redis TLS on <port + 1> with the ACL user `rpcache`,
 PostgreSQL TLS on its port with the role `rpcache` (TLS only). Each test uses
 aiokafka, redis-py or asyncpg directly with the settings of `rpcache stack env
@@ -31,8 +31,8 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streams.settings import get_settings
-from streams.stack import StackError, TlsPaths, secure_env, tls_paths
-from streams.stack.common import address_from_hostport, address_from_url, port_open
+from streams.tools.stack import StackError, TlsPaths, secure_env, tls_paths
+from streams.tools.stack.common import address_from_hostport, address_from_url, port_open
 from tests import needs
 
 pytestmark = pytest.mark.integration

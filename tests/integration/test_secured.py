@@ -21,10 +21,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.keys import session_key
-from streams.reader import CacheReader
+from streams.read.reader import CacheReader
 from streams.security import kafka_options
 from streams.settings import Settings, get_settings
-from streams.stack import secure_env, tls_paths
+from streams.tools.stack import secure_env, tls_paths
 from tests.integration.conftest import (
     RUN,
     WorkerProcess,

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from schemas.keys import SESSION_TTL, format_utc, session_key, stats_key, user_state_key
 from streams.publisher import EventPublisher
 from streams.settings import Settings
-from streams.sinks import postgres as pg
+from streams.store import postgres as pg
 from tests.integration.conftest import WorkerProcess, eventually, stored_count
 
 pytestmark = pytest.mark.integration
@@ -337,7 +337,7 @@ async def test_faust_cli_runs_the_same_worker(
     """`faust -A streams.app worker` is the same app as `rpcache worker`."""
     from pathlib import Path
 
-    from streams.topics import ensure_topics
+    from streams.worker.topics import ensure_topics
 
     env = {**test_env, "TOPIC_PREFIX": f"{test_env['TOPIC_PREFIX']}cli.", "APP_ID": "cli-test"}
     cli_settings = Settings(**{k.lower(): v for k, v in env.items()})

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streams import heartbeat
-from streams.heartbeat import Heartbeat
+from streams.observe import heartbeat
+from streams.observe.heartbeat import Heartbeat
 from tests.integration.conftest import IsolatedRun, eventually, isolated_run, rpcache_check
 
 pytestmark = pytest.mark.integration

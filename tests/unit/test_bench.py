@@ -11,15 +11,21 @@ import orjson
 import pytest
 
 from schemas.events import Rejection, decode_event
-from streams.bench.env import parse_vm_hwm_mb, with_database, with_redis_db
-from streams.bench.freshness import Freshness
-from streams.bench.main import parse_phases
-from streams.bench.memory import MemoryFigure
-from streams.bench.reads import ReadLevel
-from streams.bench.report import Results, build_report, check_targets, served_by, tables
-from streams.bench.stats import Latency, finite, percentile, rate, ratio
-from streams.bench.throughput import Throughput, last_ready
-from streams.bench.workload import Workload, ai_misses, audio_pool, open_sessions, voice_misses
+from streams.tools.bench.env import parse_vm_hwm_mb, with_database, with_redis_db
+from streams.tools.bench.freshness import Freshness
+from streams.tools.bench.main import parse_phases
+from streams.tools.bench.memory import MemoryFigure
+from streams.tools.bench.reads import ReadLevel
+from streams.tools.bench.report import Results, build_report, check_targets, served_by, tables
+from streams.tools.bench.stats import Latency, finite, percentile, rate, ratio
+from streams.tools.bench.throughput import Throughput, last_ready
+from streams.tools.bench.workload import (
+    Workload,
+    ai_misses,
+    audio_pool,
+    open_sessions,
+    voice_misses,
+)
 
 
 # --- percentiles --------------------------------------------------------------------

@@ -23,7 +23,7 @@ from schemas.events import (
     decode_event,
 )
 from schemas.keys import epoch_ms
-from streams.alerts import Reading, Rule, transitions
+from streams.observe.alerts import Reading, Rule, transitions
 from streams.projections import (
     Delete,
     SortedSetAdd,

@@ -17,8 +17,8 @@ from schemas.messages import (
     DeadLetterMessage,
     dead_letter_id,
 )
-from streams.alerts import Alert
-from streams.deadletters import dead_letter_message
+from streams.observe.alerts import Alert
+from streams.write.deadletters import dead_letter_message
 
 AT = datetime(2025, 1, 30, 10, 30, 0, 123456, tzinfo=UTC)
 

@@ -18,11 +18,10 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.alerts import rules
-from streams.check import judge_heartbeat
-from streams.health import ConnectionHealth
-from streams.heartbeat import Heartbeat
-from streams.metrics import (
+from streams.observe.alerts import rules
+from streams.observe.check import judge_heartbeat
+from streams.observe.heartbeat import Heartbeat
+from streams.observe.metrics import (
     AlertFigure,
     CacheFigures,
     DayFigures,
@@ -37,10 +36,11 @@ from streams.metrics import (
     percentile,
     register_reader,
 )
-from streams.monitor import consumer_lag
-from streams.pipeline import BatchOutcome, BatchPipeline, RawMessage
-from streams.reader import CacheReader
+from streams.observe.monitor import consumer_lag
+from streams.read.reader import CacheReader
 from streams.settings import Settings
+from streams.worker.health import ConnectionHealth
+from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 from tests import needs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -332,7 +332,7 @@ def test_compose_scrapes_the_worker_and_checks_its_health() -> None:
 
 
 def test_dashboard_page_is_packaged_and_self_contained() -> None:
-    html = (resources.files("streams") / "web" / "dashboard.html").read_text("utf-8")
+    html = (resources.files("streams.observe.web") / "dashboard.html").read_text("utf-8")
     assert 'fetch("/dashboard.json"' in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no CDN, no network
 

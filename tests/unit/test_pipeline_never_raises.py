@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams.families.sessions import SessionFamily
-from streams.pipeline import BatchOutcome, BatchPipeline, RawMessage
+from streams.write.families.sessions import SessionFamily
+from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 
 MESSAGES = [RawMessage("p.session-events", 0, 7, b"k", b"{}")]
 
@@ -51,7 +51,7 @@ async def test_a_failure_that_escapes_runs_the_same_batch_again(
         return None
 
     monkeypatch.setattr(pipeline, "_process", flaky)
-    monkeypatch.setattr("streams.pipeline.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("streams.write.pipeline.asyncio.sleep", no_sleep)
     outcome = await pipeline.process(MESSAGES)
     assert outcome.accepted == 1
     assert [list(m) for m in seen] == [MESSAGES] * 3  # the same batch, never a later one

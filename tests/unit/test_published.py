@@ -29,10 +29,10 @@ from schemas.published import (
     rendered,
     schemas,
 )
-from streams.alerts import Alert
 from streams.cli import cli
-from streams.deadletters import dead_letter_message
+from streams.observe.alerts import Alert
 from streams.publisher import EventPublisher
+from streams.write.deadletters import dead_letter_message
 from tests.unit.test_messages import row
 
 SID = "550E8400-E29B-41D4-A716-446655440000"

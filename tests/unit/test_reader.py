@@ -19,9 +19,9 @@ import redis.exceptions as redis_errors
 
 from schemas import H
 from schemas.keys import ai_response_key_for_hash, session_key
-from streams import reader as reader_mod
 from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, StringWrite
-from streams.reader import (
+from streams.read import reader as reader_mod
+from streams.read.reader import (
     BreakerState,
     CacheReader,
     CacheUnavailableError,

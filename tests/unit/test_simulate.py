@@ -7,7 +7,7 @@ import random
 import wave
 from collections import Counter
 
-from streams.simulate import Zipf, wav_tone
+from streams.tools.simulate import Zipf, wav_tone
 
 
 def test_wav_tone_is_a_real_wav_file() -> None:

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from streams.settings import Settings, get_settings
-from streams.stack import export_lines, secure_env
-from streams.stack.cli import stack_app
-from streams.stack.secure import (
+from streams.tools.stack import export_lines, secure_env
+from streams.tools.stack.cli import stack_app
+from streams.tools.stack.secure import (
     ensure_credentials,
     ensure_tls,
     postgres_scram_verifier,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.watchdog import Watchdog
+from streams.worker.watchdog import Watchdog
 
 TP = ("t", 0)
 

@@ -1,0 +1,238 @@
+"""Alert rules of the original design's monitoring section, and their engine.
+
+Each rule compares one figure with a threshold. An alert is published to
+`{prefix}alerts` (and logged) once when its rule starts firing and once when
+it recovers; the state lives in PostgreSQL (`alert_state`), so a restart or a
+new leader does not fire again for a crossing already announced.
+
+| rule                       | level    | fires when                                  |
+|----------------------------|----------|---------------------------------------------|
+| ai_cache_hit_rate_low      | WARNING  | today's AI hit rate < 70 %                  |
+| voice_cache_hit_rate_low   | WARNING  | today's voice hit rate < 70 %               |
+| avg_response_time_high     | WARNING  | today's average ai.response latency > 200 ms|
+| redis_memory_high          | CRITICAL | used_memory > 90 % of maxmemory             |
+| connection_failure_rate    | CRITICAL | > 5 % of Redis/PostgreSQL attempts failed   |
+| connected_clients_high     | WARNING  | Redis connected_clients >= 1000             |
+
+Rates need ALERT_MIN_SAMPLES events (or connection attempts) before they can
+fire, so the first miss of the day is not an alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from redis.asyncio import Redis
+
+from schemas.messages import AlertLevel, AlertMessage, AlertState
+from streams.projections import stats_fields
+from streams.reducers.caches import AI_HITS, AI_MISSES, VOICE_HITS, VOICE_MISSES
+from streams.reducers.sessions import business_day
+from streams.settings import Settings
+from streams.store import postgres as pg
+from streams.worker.health import ConnectionHealth
+from streams.write.deadletters import Publish
+
+log = logging.getLogger(__name__)
+
+Level = AlertLevel
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    metric: str
+    level: Level
+    op: str
+    threshold: float
+
+    def fires(self, value: float) -> bool:
+        return _OPS[self.op](value, self.threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A figure and whether there is enough behind it to judge."""
+
+    value: float
+    enough: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    rule: str
+    state: AlertState
+    level: Level
+    metric: str
+    value: float
+    threshold: float
+    time: datetime
+
+    def message(self) -> AlertMessage:
+        """What is published on `{prefix}alerts` (schemas/json/alert.schema.json)."""
+        return AlertMessage(
+            rule=self.rule,
+            state=self.state,
+            level=self.level,
+            metric=self.metric,
+            value=self.value,
+            threshold=self.threshold,
+            time=self.time,
+        )
+
+    def to_json(self) -> bytes:
+        return self.message().to_json()
+
+
+def rules(settings: Settings) -> list[Rule]:
+    return [
+        Rule("ai_cache_hit_rate_low", "ai_cache_hit_rate", "WARNING", "<",
+             settings.alert_hit_rate_min),
+        Rule("voice_cache_hit_rate_low", "voice_cache_hit_rate", "WARNING", "<",
+             settings.alert_hit_rate_min),
+        Rule("avg_response_time_high", "avg_response_time", "WARNING", ">",
+             settings.alert_avg_response_ms_max),
+        Rule("redis_memory_high", "redis_memory_ratio", "CRITICAL", ">",
+             settings.alert_redis_memory_ratio_max),
+        Rule("connection_failure_rate", "connection_failure_rate", "CRITICAL", ">",
+             settings.alert_connection_failure_rate_max),
+        Rule("connected_clients_high", "redis_connected_clients", "WARNING", ">=",
+             settings.alert_connected_clients_max),
+    ]  # fmt: skip
+
+
+def transitions(
+    rules_: list[Rule],
+    readings: Mapping[str, Reading],
+    firing: Mapping[str, bool],
+    now: datetime,
+) -> list[Alert]:
+    """Alerts for every rule whose state changes; pure.
+
+    A rule without a reading, or without enough samples, keeps its state.
+    """
+    out: list[Alert] = []
+    for rule in rules_:
+        reading = readings.get(rule.metric)
+        if reading is None or not reading.enough:
+            continue
+        fires = rule.fires(reading.value)
+        if fires != firing.get(rule.name, False):
+            out.append(
+                Alert(
+                    rule.name,
+                    "firing" if fires else "resolved",
+                    rule.level,
+                    rule.metric,
+                    reading.value,
+                    rule.threshold,
+                    now,
+                )
+            )
+    return out
+
+
+class AlertEngine:
+    """Reads the figures, publishes transitions; run by the leader worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        health: ConnectionHealth,
+        publish: Publish,
+        topic: str,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.health = health
+        self.publish = publish
+        self.topic = topic
+        self.rules = rules(settings)
+        self.changed = True
+        self._last_run = 0.0
+
+    def mark_changed(self, *_: object) -> None:
+        """Something the figures depend on moved: evaluate soon."""
+        self.changed = True
+
+    def due(self, monotonic_now: float) -> bool:
+        interval = self.settings.alert_interval_s
+        return self.changed or monotonic_now - self._last_run >= interval
+
+    async def evaluate(self, now: datetime, monotonic_now: float) -> list[Alert]:
+        self.changed = False
+        self._last_run = monotonic_now
+        readings = {**await self._pg_readings(now), **await self._redis_readings()}
+        rate, attempts = self.health.failure_rate()
+        readings["connection_failure_rate"] = Reading(
+            rate, attempts >= self.settings.alert_min_samples
+        )
+        async with self.pool.acquire() as conn:
+            state = {r["rule"]: r["firing"] for r in await conn.fetch(
+                "SELECT rule, firing FROM alert_state")}  # fmt: skip
+        alerts = transitions(self.rules, readings, state, now)
+        for alert in alerts:
+            await self.announce(alert)
+        return alerts
+
+    async def _pg_readings(self, now: datetime) -> dict[str, Reading]:
+        today = business_day(now, self.settings.tz)
+        async with self.pool.acquire() as conn:
+            counters = (await pg.day_counters(conn, [today]))[today]
+        fields = stats_fields(counters, None, self.settings.max_concurrent_sessions)
+        enough = self.settings.alert_min_samples
+        ai = counters.get(AI_HITS, 0) + counters.get(AI_MISSES, 0)
+        voice = counters.get(VOICE_HITS, 0) + counters.get(VOICE_MISSES, 0)
+        return {
+            "ai_cache_hit_rate": Reading(float(fields["ai_cache_hit_rate"]), ai >= enough),
+            "voice_cache_hit_rate": Reading(float(fields["voice_cache_hit_rate"]), voice >= enough),
+            "avg_response_time": Reading(float(fields["avg_response_time"]), ai >= enough),
+        }
+
+    async def _redis_readings(self) -> dict[str, Reading]:
+        try:
+            memory = await self.redis.info("memory")
+            clients = await self.redis.info("clients")
+        except Exception as exc:  # Redis down: the failure-rate rule speaks for it
+            log.warning("alerts: Redis INFO failed: %r", exc)
+            return {}
+        readings = {"redis_connected_clients": Reading(float(clients["connected_clients"]))}
+        maxmemory = int(memory.get("maxmemory", 0))
+        if maxmemory:
+            readings["redis_memory_ratio"] = Reading(int(memory["used_memory"]) / maxmemory)
+        return readings
+
+    async def announce(self, alert: Alert) -> None:
+        """Log and publish `alert`, and remember its state (also for non-rule events)."""
+        logger = log.error if alert.level == "CRITICAL" else log.warning
+        logger(
+            "ALERT %s %s %s: %s=%.4g (threshold %s)",
+            alert.level, alert.rule, alert.state, alert.metric, alert.value, alert.threshold,
+        )  # fmt: skip
+        await self.publish(self.topic, alert.rule.encode(), alert.to_json())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO alert_state (rule, firing, since) VALUES ($1, $2, $3)"
+                " ON CONFLICT (rule) DO UPDATE"
+                " SET firing = EXCLUDED.firing, since = EXCLUDED.since",
+                alert.rule, alert.state == "firing", alert.time,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO alert_log (rule, state, level, metric, value, threshold, at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                alert.rule, alert.state, alert.level, alert.metric, alert.value,
+                alert.threshold, alert.time,
+            )  # fmt: skip

@@ -1,0 +1,149 @@
+"""`rpcache replay`: rebuild Redis from PostgreSQL, gradually if asked.
+
+Every key is recomputed with the worker's own projections and written with
+its absolute expiry, so a key gets exactly its remaining TTL, keys whose TTL
+has run out are not recreated, and running replay twice (or while the worker
+is live) leaves the same state as running it once. The automatic rebuild
+after Redis data loss runs the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from aiolimiter import AsyncLimiter
+from redis.asyncio import Redis
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from streams.read.recompute import CHUNK, FAMILIES, family_chunks
+from streams.retry import until_done
+from streams.settings import Settings
+from streams.sinks import redis as redis_sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplaySummary:
+    written: Counter[str] = field(default_factory=Counter)
+    expired: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        per = ", ".join(
+            f"{f}: {self.written[f]} written, {self.expired[f]} expired"
+            for f in FAMILIES
+            if f in self.written or f in self.expired
+        )
+        return f"replay done in {self.seconds:.1f} s ({per or 'nothing to do'})"
+
+
+def parse_families(text: str | None) -> list[str]:
+    """`sessions,ai` → those families in replay order; None or "all" → every family."""
+    if not text or text == "all":
+        return list(FAMILIES)
+    wanted = {f.strip() for f in text.split(",") if f.strip()}
+    unknown = wanted - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
+    return [f for f in FAMILIES if f in wanted]
+
+
+def parse_rate(text: str | None) -> float | None:
+    """`500/s` or `500` → 500.0 keys per second; None → unlimited."""
+    if not text:
+        return None
+    value = float(text.removesuffix("/s"))
+    if value <= 0:
+        raise ValueError("rate must be positive")
+    return value
+
+
+async def replay(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    settings: Settings,
+    families: Iterable[str] = FAMILIES,
+    since: datetime | None = None,
+    rate: float | None = None,
+    show_progress: bool | None = None,
+) -> ReplaySummary:
+    """Write every live key of `families` to Redis; `rate` caps keys per second."""
+    summary = ReplaySummary()
+    started = time.monotonic()
+    limiter = AsyncLimiter(max(rate, 1), 1) if rate else None
+    progress = _progress(show_progress)
+    with progress:
+        for family in families:
+            task = progress.add_task(family, total=None)
+            now = datetime.now(UTC)
+            async for chunk in family_chunks(pool, settings, family, since, now):
+                for start in range(0, len(chunk.ops), _step(rate)):
+                    ops = chunk.ops[start : start + _step(rate)]
+                    if limiter is not None:
+                        await limiter.acquire(len(ops))
+                    await until_done(
+                        lambda ops=ops: redis_sink.write(redis, ops),  # type: ignore[misc]
+                        max_backoff_s=settings.retry_max_backoff_s,
+                    )
+                    summary.written[family] += len(ops)
+                    progress.advance(task, len(ops))
+                summary.expired[family] += chunk.expired
+            progress.update(task, total=summary.written[family])
+            log.info(
+                "replay %s: %d keys written, %d expired not recreated",
+                family, summary.written[family], summary.expired[family],
+            )  # fmt: skip
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _step(rate: float | None) -> int:
+    """Keys per Redis pipeline: whole chunks, or less than one second's worth."""
+    return CHUNK if rate is None else max(1, min(CHUNK, int(rate)))
+
+
+class _Quiet:
+    """Progress stand-in when not on a terminal: the log lines say it all."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None) -> TaskID:
+        return TaskID(0)
+
+    def advance(self, task: TaskID, advance: float) -> None:
+        return None
+
+    def update(self, task: TaskID, total: float | None = None) -> None:
+        return None
+
+
+def _progress(show: bool | None) -> Progress | _Quiet:
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return _Quiet()
+    return Progress(
+        TextColumn("[bold]{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )

@@ -1,0 +1,319 @@
+"""From measurements to `bench.json`, the targets of issue 6, and the printed tables.
+
+Pure functions of the results (no I/O), so the arithmetic of the report is
+unit-tested (tests/unit/test_bench.py). The JSON keeps the figures the issue
+names at the top level (`events_per_s`, `freshness_p99_ms`, `read_p99_ms`, …)
+and the detail under `throughput`, `freshness`, `reads` and `memory`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.table import Table
+
+from streams.tools.bench.freshness import Freshness
+from streams.tools.bench.memory import MemoryFigure
+from streams.tools.bench.reads import KINDS, ReadLevel
+from streams.tools.bench.stats import finite, ratio
+from streams.tools.bench.throughput import Throughput
+
+READ_TARGET_USERS = 300
+READ_TARGETS_MS = {"session": 1.0, "ai": 2.0, "voice": 5.0}
+FRESHNESS_TARGET_RATE = 2000
+FRESHNESS_TARGET_MS = 200.0
+EVENTS_TARGET = 5000.0
+BASELINE_RATIO_TARGET = 10.0
+CEILING_RATIO_TARGET = 0.30
+SESSION_BYTES_TARGET = 2048
+
+
+@dataclass
+class Results:
+    """Everything one run measured; absent parts were not run."""
+
+    mode: str
+    machine: dict[str, Any] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)
+    ours: Throughput | None = None
+    """One worker process."""
+    ours_multi: Throughput | None = None
+    """`rpcache worker --processes N` (one per core), when the machine has several.
+    The headline `events_per_s` is the faster of the two."""
+    baseline: Throughput | None = None
+    ceiling: Throughput | None = None
+    freshness: list[Freshness] = field(default_factory=list)
+    reads: list[ReadLevel] = field(default_factory=list)
+    sessions: MemoryFigure | None = None
+    ai_entries: MemoryFigure | None = None
+    voice_entries: MemoryFigure | None = None
+    live_worker_peak_rss_mb: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    goal: str
+    value: float | None
+    met: bool | None
+    """None when the figure was not measured."""
+
+
+def _num(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else finite(value, digits)
+
+
+def _throughput(t: Throughput | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {
+        "events": t.events,
+        "seconds": _num(t.seconds),
+        "events_per_s": _num(t.events_per_s, 1),
+        "complete": t.complete,
+        "startup_s": _num(t.startup_s),
+        "peak_rss_mb": _num(t.peak_rss_mb, 1),
+        "processes": t.processes,
+        "settle_s": _num(t.settle_s),
+    }
+
+
+def _memory(m: MemoryFigure | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {
+        "entries": m.entries,
+        "used_memory_delta": m.used_memory_delta,
+        "bytes_per_entry": _num(m.bytes_per_entry, 1),
+        "memory_usage_per_key": _num(m.key_bytes, 1),
+    }
+
+
+def _p99_by_kind(levels: list[ReadLevel], source: str) -> dict[str, dict[str, float | None]]:
+    return {
+        kind: {
+            str(level.users): _num(level.latency[kind].p99_ms)
+            for level in levels
+            if level.source == source and kind in level.latency
+        }
+        for kind in KINDS
+    }
+
+
+def build_report(r: Results) -> dict[str, Any]:
+    """The JSON document of a run (`bench.json`)."""
+    runs = [t for t in (r.ours, r.ours_multi) if t is not None]
+    best = max(runs, key=lambda t: t.events_per_s) if runs else None
+    ours = best.events_per_s if best else math.nan
+    one = r.ours.events_per_s if r.ours else math.nan
+    baseline = r.baseline.events_per_s if r.baseline else math.nan
+    ceiling = r.ceiling.events_per_s if r.ceiling else math.nan
+    report: dict[str, Any] = {
+        "mode": r.mode,
+        "machine": r.machine,
+        "events_per_s": _num(ours, 1),
+        "worker_processes": best.processes if best else None,
+        "events_per_s_one_process": _num(one, 1),
+        "baseline_events_per_s": _num(baseline, 1),
+        "ceiling_events_per_s": _num(ceiling, 1),
+        "ours_vs_baseline": _num(ratio(ours, baseline), 2),
+        "ours_vs_ceiling": _num(ratio(ours, ceiling), 3),
+        "freshness_p99_ms": {str(f.rate): _num(f.latency.p99_ms) for f in r.freshness},
+        "read_p99_ms": _p99_by_kind(r.reads, "redis"),
+        "postgres_read_p99_ms": _p99_by_kind(r.reads, "postgres"),
+        "redis_bytes_per_session": _num(r.sessions.bytes_per_entry, 1) if r.sessions else None,
+        "worker_peak_rss_mb": _num(r.ours.peak_rss_mb, 1) if r.ours else None,
+        "throughput": {
+            "workload": r.workload,
+            "ours": _throughput(r.ours),
+            "ours_processes": _throughput(r.ours_multi),
+            "baseline": _throughput(r.baseline),
+            "ceiling": _throughput(r.ceiling),
+        },
+        "freshness": [
+            {"rate": f.rate, "produced": f.produced, "unseen": f.unseen, **f.latency.as_dict()}
+            for f in r.freshness
+        ],
+        "reads": [
+            {
+                "source": level.source,
+                "users": level.users,
+                "seconds": level.seconds,
+                "reads_per_s": _num(level.reads_per_s, 1),
+                "served_by": dict(level.sources),
+                **{kind: lat.as_dict() for kind, lat in level.latency.items()},
+            }
+            for level in r.reads
+        ],
+        "memory": {
+            "sessions": _memory(r.sessions),
+            "ai_entries": _memory(r.ai_entries),
+            "voice_entries": _memory(r.voice_entries),
+            "live_worker_peak_rss_mb": _num(r.live_worker_peak_rss_mb, 1),
+        },
+    }
+    report["targets"] = [_target_dict(t) for t in check_targets(report)]
+    return report
+
+
+def _target_dict(t: Target) -> dict[str, Any]:
+    return {"name": t.name, "goal": t.goal, "value": t.value, "met": t.met}
+
+
+def _at_least(name: str, goal: str, value: float | None, floor: float) -> Target:
+    return Target(name, goal, value, None if value is None else value >= floor)
+
+
+def _at_most(name: str, goal: str, value: float | None, ceiling: float) -> Target:
+    return Target(name, goal, value, None if value is None else value <= ceiling)
+
+
+def check_targets(report: dict[str, Any]) -> list[Target]:
+    """The targets of issue 6 against a report's figures."""
+    reads = report["read_p99_ms"]
+    targets = [
+        _at_least("events/s end to end", "≥ 5000", report["events_per_s"], EVENTS_TARGET),
+        _at_least("ours / baseline", "≥ 10×", report["ours_vs_baseline"], BASELINE_RATIO_TARGET),
+        _at_least("ours / ceiling", "≥ 30 %", report["ours_vs_ceiling"], CEILING_RATIO_TARGET),
+        _at_most(
+            f"freshness p99 at {FRESHNESS_TARGET_RATE}/s (ms)",
+            "≤ 200",
+            report["freshness_p99_ms"].get(str(FRESHNESS_TARGET_RATE)),
+            FRESHNESS_TARGET_MS,
+        ),
+    ]
+    for kind, limit in READ_TARGETS_MS.items():
+        targets.append(
+            _at_most(
+                f"{kind} read p99 at {READ_TARGET_USERS} users (ms)",
+                f"≤ {limit:g}",
+                reads.get(kind, {}).get(str(READ_TARGET_USERS)),
+                limit,
+            )
+        )
+    targets.append(
+        _at_most(
+            "Redis bytes per active session",
+            "≤ 2048",
+            report["redis_bytes_per_session"],
+            SESSION_BYTES_TARGET,
+        )
+    )
+    return targets
+
+
+# --- tables --------------------------------------------------------------------------
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    else:
+        text = str(value)
+    return f"{text}{unit}"
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "[green]met[/]", False: "[red]missed[/]", None: "—"}[met]
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """The headline figures and the targets."""
+    t = report["throughput"]
+    table = Table(title=f"rpcache bench ({report['mode']})")
+    for column in ("figure", "value", "target", ""):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    processes = report.get("worker_processes") or 1
+    rows = [
+        ("events/s end to end (ours, 1 process)", _fmt(report["events_per_s_one_process"])),
+        (
+            f"events/s end to end (ours, --processes {processes})",
+            _fmt(report["events_per_s"]) if processes > 1 else "—",
+        ),
+        ("events/s baseline (per-event INSERT + Redis)", _fmt(report["baseline_events_per_s"])),
+        ("events/s ceiling (consume + decode only)", _fmt(report["ceiling_events_per_s"])),
+        ("worker start-up before the first batch (s)", _fmt((t["ours"] or {}).get("startup_s"))),
+        ("worker peak RSS, 1 process (MB)", _fmt(report["worker_peak_rss_mb"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value, "", "")
+    for target in check_targets(report):
+        if target.name.endswith("ceiling") and target.value is not None:
+            shown = f"{target.value:.0%}"
+        else:
+            shown = _fmt(target.value, " ×" if "baseline" in target.name else "")
+        table.add_row(target.name, shown, target.goal, _verdict(target.met))
+    return table
+
+
+def freshness_table(report: dict[str, Any]) -> Table:
+    table = Table(title="freshness: produce → readable in Redis (ms)")
+    for column in ("rate (events/s)", "probes", "p50", "p99", "max", "unseen"):
+        table.add_column(column, justify="right")
+    for f in report["freshness"]:
+        table.add_row(
+            str(f["rate"]),
+            str(f["n"]),
+            _fmt(f["p50_ms"]),
+            _fmt(f["p99_ms"]),
+            _fmt(f["max_ms"]),
+            str(f["unseen"]),
+        )
+    return table
+
+
+def reads_table(report: dict[str, Any]) -> Table:
+    table = Table(title="reads: CacheReader p50 / p99 (ms)")
+    for column in ("source", "users", "reads/s", "session", "ai", "voice 100 KB", "served by"):
+        table.add_column(column, justify="right")
+    for level in report["reads"]:
+        cells = [
+            f"{_fmt(level[k]['p50_ms'])} / {_fmt(level[k]['p99_ms'])}" if k in level else "—"
+            for k in KINDS
+        ]
+        served = served_by(level["served_by"])
+        table.add_row(
+            level["source"], str(level["users"]), _fmt(level["reads_per_s"]), *cells, served
+        )
+    return table
+
+
+def served_by(counts: dict[str, int]) -> str:
+    """`redis 100%`, or the split when the reader fell back (e.g. a Redis budget ran out)."""
+    total = sum(counts.values())
+    if not total:
+        return "—"
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return " / ".join(f"{name} {n / total:.0%}" for name, n in ranked)
+
+
+def memory_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Redis memory")
+    for column in ("data set", "entries", "used_memory Δ / entry (B)", "MEMORY USAGE / key (B)"):
+        table.add_column(column, justify="right")
+    names = {
+        "sessions": "active session (+ user state)",
+        "ai_entries": "AI response",
+        "voice_entries": "voice clip 100 KB",
+    }
+    for name, label in names.items():
+        m = report["memory"][name]
+        if m is not None:
+            table.add_row(
+                label,
+                str(m["entries"]),
+                _fmt(m["bytes_per_entry"]),
+                _fmt(m["memory_usage_per_key"]),
+            )
+    return table
+
+
+def tables(report: dict[str, Any]) -> list[Table]:
+    return [
+        summary_table(report),
+        freshness_table(report),
+        reads_table(report),
+        memory_table(report),
+    ]

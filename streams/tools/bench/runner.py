@@ -1,0 +1,290 @@
+"""`rpcache bench`: the whole run, in order, each benchmark isolated.
+
+1. throughput: preload the workload once; the ceiling, our worker (one
+   process, then one per core with `--processes`) and the baseline consume
+   it in turn, each with a consumer, database and Redis db
+   of its own (our Redis db is emptied before the baseline fills another, so
+   the 1 GB `maxmemory` of the stack never evicts a key being counted);
+2. a live worker: freshness at each rate, then the memory data sets
+   (sessions, AI responses, 100 KB voice clips), then, with the worker
+   stopped, the reads of those same entries;
+3. everything dropped: databases, Redis dbs, topics.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from streams.security import redis_options
+from streams.settings import Settings
+from streams.tools.bench import freshness as fresh
+from streams.tools.bench import throughput as tp
+from streams.tools.bench.env import BenchEnv, delete_topics
+from streams.tools.bench.kafka import fast_producer, send_all
+from streams.tools.bench.live import LiveWorker
+from streams.tools.bench.memory import MemoryFigure, mean_key_bytes, used_memory
+from streams.tools.bench.reads import ReadTargets, run_reads
+from streams.tools.bench.report import Results, build_report
+from streams.tools.bench.workload import (
+    DataSet,
+    Workload,
+    ai_misses,
+    clip_of,
+    open_sessions,
+    voice_misses,
+)
+
+Progress = Callable[[str], None]
+PHASES = ("throughput", "freshness", "memory", "reads")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    mode: str
+    events: int
+    users: int
+    baseline_cap_s: float
+    rates: tuple[int, ...]
+    freshness_s: float
+    sessions: int
+    ai_entries: int
+    voice_entries: int
+    concurrency: tuple[int, ...]
+    read_s: float
+    think_s: float = 1.0
+    voice_bytes: int = 100 * 1024
+    timeout_s: float = 900.0
+
+
+QUICK = BenchConfig(
+    mode="quick",
+    events=20_000,
+    users=400,
+    baseline_cap_s=8.0,
+    rates=(500, 2000),
+    freshness_s=4.0,
+    sessions=2_000,
+    ai_entries=1_000,
+    voice_entries=100,
+    concurrency=(30, 300, 3000),
+    read_s=3.0,
+)
+FULL = BenchConfig(
+    mode="full",
+    events=200_000,
+    users=4_000,
+    baseline_cap_s=45.0,
+    rates=(500, 2000, 5000),
+    freshness_s=15.0,
+    sessions=10_000,
+    ai_entries=5_000,
+    voice_entries=300,
+    concurrency=(30, 300, 3000),
+    read_s=10.0,
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def default_processes() -> int:
+    """One worker process per core, at most one per partition of a topic (4)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+class Bench:
+    """One run: its id, its log directory and its Redis dbs."""
+
+    def __init__(
+        self,
+        base: Settings,
+        config: BenchConfig,
+        *,
+        redis_db: int,
+        progress: Progress,
+        loop: str | None = None,
+        processes: int | None = None,
+    ) -> None:
+        self.base = base
+        self.config = config
+        self.processes = processes if processes is not None else default_processes()
+        """Worker processes of the second throughput run (1: that run is skipped)."""
+        self.run = uuid.uuid4().hex[:6]
+        self.redis_db = redis_db
+        self.progress = progress
+        self.loop = loop
+        self.logs = Path(base.stack_dir) / f"bench-{self.run}"
+        self.results = Results(mode=config.mode, machine=machine())
+        self.results.machine["config"] = asdict(config)
+        self.results.machine["worker_loop"] = loop or base.worker_loop
+        self.results.machine["worker_processes"] = self.processes
+
+    async def run_all(self, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
+        if "throughput" in phases:
+            await self.throughput()
+        if {"freshness", "memory", "reads"} & set(phases):
+            await self.live(phases)
+        return build_report(self.results)
+
+    # --- 1. throughput --------------------------------------------------------------
+    async def throughput(self) -> None:
+        c, r = self.config, self.results
+        env = await BenchEnv.create(self.base, self.run, "tp", self.redis_db)
+        prefix = env.settings.topic_prefix
+        try:
+            workload = Workload(self.run, users=c.users)
+            self.progress(f"preloading {c.events:,} events")
+            producer = fast_producer(env.settings)
+            await producer.start()
+            started = time.monotonic()
+            try:
+                await send_all(producer, prefix, workload.messages(c.events))
+            finally:
+                await producer.stop()
+            expected = workload.expected
+            r.workload = {
+                "events": c.events,
+                "users": c.users,
+                "types": dict(expected.types),
+                "audio_mb": round(expected.audio_bytes / 1e6, 1),
+                "preload_s": round(time.monotonic() - started, 2),
+            }
+            r.workload.update(_hit_rates(workload))
+            self.progress("ceiling: consume + decode only")
+            r.ceiling = await tp.run_ceiling(env, prefix, c.events, c.timeout_s)
+            self.progress(f"ours: worker until PostgreSQL and Redis hold all {c.events:,}")
+            r.ours = await tp.run_ours(
+                env, expected, c.events, self.logs / "throughput-worker.log", c.timeout_s, self.loop
+            )
+            await env.drop()  # frees Redis for the next copy
+            if self.processes > 1:
+                multi_env = await BenchEnv.create(
+                    self.base, self.run, "multi", self.redis_db, topic_prefix=prefix
+                )
+                try:
+                    self.progress(
+                        f"ours: the same with `rpcache worker --processes {self.processes}`"
+                    )
+                    r.ours_multi = await tp.run_ours(
+                        multi_env,
+                        expected,
+                        c.events,
+                        self.logs / "throughput-workers.log",
+                        c.timeout_s,
+                        self.loop,
+                        processes=self.processes,
+                    )
+                finally:
+                    await multi_env.drop()
+            base_env = await BenchEnv.create(
+                self.base, self.run, "naive", self.redis_db + 1, topic_prefix=prefix
+            )
+            try:
+                self.progress(f"baseline: per-event consumer (at most {c.baseline_cap_s:.0f} s)")
+                r.baseline = await tp.run_baseline(base_env, prefix, c.events, c.baseline_cap_s)
+            finally:
+                await base_env.drop()
+        finally:
+            await env.drop()
+            await delete_topics(self.base, prefix)
+
+    # --- 2. a live worker: freshness, memory, reads -------------------------------------
+    async def live(self, phases: tuple[str, ...]) -> None:
+        env = await BenchEnv.create(self.base, self.run, "live", self.redis_db + 2)
+        try:
+            self.progress("live worker: starting")
+            async with LiveWorker(env, self.logs / "live-worker.log", self.loop) as live:
+                if "freshness" in phases:
+                    await self.freshness(live)
+                targets = None
+                if {"memory", "reads"} & set(phases):
+                    targets = await self.memory(live)
+                self.results.live_worker_peak_rss_mb = live.worker.peak_rss_mb()
+                live.stop_worker()
+                if "reads" in phases and targets is not None:
+                    await self.reads(env.settings, targets)
+        finally:
+            await env.drop()
+            await delete_topics(self.base, env.settings.topic_prefix)
+
+    async def freshness(self, live: LiveWorker) -> None:
+        c = self.config
+        for rate in c.rates:
+            self.progress(f"freshness at {rate:,} events/s for {c.freshness_s:.0f} s")
+            workload = Workload(f"{self.run}f{rate}", users=max(100, rate // 2), seed=rate)
+            settings = live.env.settings
+            url = settings.redis_url.get_secret_value()
+            watcher = fresh.KeyWatcher(
+                live.redis, url, self.redis_db + 2, redis_options(settings, url)
+            )
+            async with watcher:
+                result = await fresh.measure(watcher, live, workload, rate, c.freshness_s)
+            self.results.freshness.append(result)
+
+    async def memory(self, live: LiveWorker) -> ReadTargets:
+        """Project each data set and measure what it adds; return them as read targets."""
+        c, r = self.config, self.results
+        await live.wait_drained(c.timeout_s, settle_s=1.0)
+        sessions = open_sessions(self.run, c.sessions)
+        self.progress(f"memory: {c.sessions:,} active sessions")
+        r.sessions = await self._project(live, sessions, c.sessions)
+        ai = ai_misses(self.run, c.ai_entries, sessions.sessions)
+        self.progress(f"memory: {c.ai_entries:,} AI responses")
+        r.ai_entries = await self._project(live, ai, c.ai_entries)
+        voice = voice_misses(self.run, c.voice_entries, sessions.sessions, clip_of(c.voice_bytes))
+        self.progress(f"memory: {c.voice_entries:,} voice clips of {c.voice_bytes // 1024} KB")
+        r.voice_entries = await self._project(live, voice, c.voice_entries)
+        return ReadTargets(sessions.sessions, ai.prompts, voice.voices)
+
+    async def _project(self, live: LiveWorker, data: DataSet, entries: int) -> MemoryFigure:
+        before = await used_memory(live.redis)
+        await live.publish(data.messages)
+        await live.wait_drained(self.config.timeout_s, settle_s=0.5)
+        after = await used_memory(live.redis)
+        keys = data.keys()
+        missing = len(keys) - await tp.count_existing(live.redis, keys)
+        if missing:
+            raise RuntimeError(f"{missing} of {len(keys)} keys missing after projection")
+        main_keys = [k for k in keys if not k.startswith("user:")]
+        return MemoryFigure(entries, after - before, await mean_key_bytes(live.redis, main_keys))
+
+    async def reads(self, settings: Settings, targets: ReadTargets) -> None:
+        c = self.config
+        self.progress(
+            f"reads: {', '.join(map(str, c.concurrency))} users × {c.read_s:.0f} s,"
+            " Redis then PostgreSQL"
+        )
+        self.results.reads = await run_reads(settings, targets, c.concurrency, c.read_s, c.think_s)
+
+
+def _hit_rates(workload: Workload) -> dict[str, float]:
+    e = workload.expected
+    return {
+        "ai_hit_rate": round(e.hit_rate("ai.response", len(e.ai_keys)), 3),
+        "voice_hit_rate": round(e.hit_rate("voice.synthesized", len(e.voice_keys)), 3),
+    }

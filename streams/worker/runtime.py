@@ -1,0 +1,221 @@
+"""Connections and pipelines of one worker process, opened once on start.
+
+The agents find everything they need here (`app.runtime`): the PostgreSQL
+pool, the Redis client and one `BatchPipeline` per topic family.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from schemas.keys import (
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    INFERENCE_TOPIC,
+    SYNTHESIS_TOPIC,
+    topic_name,
+)
+from streams.database import pool_options
+from streams.observe.alerts import Alert, AlertEngine
+from streams.observe.metrics import PipelineMetrics
+from streams.projections import RedisOp
+from streams.read.rebuild import Announce, RedisWatch
+from streams.retry import until_done
+from streams.security import kafka_options, redis_options
+from streams.settings import Settings
+from streams.sinks import redis as redis_sink
+from streams.store.migrate import migrate
+from streams.worker.health import ConnectionHealth
+from streams.worker.topics import ensure_topics
+from streams.worker.watchdog import Watchdog
+from streams.write import deadletters
+from streams.write.families.base import Family
+from streams.write.families.caches import CacheFamily
+from streams.write.families.sessions import SessionFamily
+from streams.write.families.stats import StatsProjector
+from streams.write.pipeline import BatchOutcome, BatchPipeline
+
+log = logging.getLogger(__name__)
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """A pool to DATABASE_URL, waiting for PostgreSQL, with the schema migrated."""
+
+    async def connect() -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=1,
+            max_size=settings.pg_pool_size,
+            command_timeout=60,
+            **pool_options(settings),
+        )
+        assert pool is not None
+        return pool
+
+    pool = await until_done(connect, max_backoff_s=settings.retry_max_backoff_s)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool
+
+
+def open_redis(settings: Settings) -> Redis:
+    url = settings.redis_url.get_secret_value()
+    return Redis.from_url(
+        url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+        **redis_options(settings, url),
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    sessions_family: SessionFamily
+    sessions: BatchPipeline
+    inference: BatchPipeline
+    synthesis: BatchPipeline
+    stats: StatsProjector
+    health: ConnectionHealth
+    alerts: AlertEngine
+    watch: RedisWatch
+    watchdog: Watchdog
+    metrics: PipelineMetrics
+    _offsets_client: AIOKafkaConsumer | None = None
+    stats_failing: bool = False
+    """The last stats tick failed (PostgreSQL or Redis unreachable)."""
+
+    @classmethod
+    async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:
+        await ensure_topics(settings)
+        pool = await open_pool(settings)
+        redis = open_redis(settings)
+        stats = StatsProjector(
+            settings.tz, settings.max_concurrent_sessions, settings.stats_refresh_s
+        )
+        health = ConnectionHealth()
+        alerts = AlertEngine(
+            settings, pool, redis, health, publish, topic_name(settings.topic_prefix, ALERTS_TOPIC)
+        )
+        family = SessionFamily(settings.tz, settings.daily_session_quota)
+        metrics = PipelineMetrics()
+
+        def on_batch(outcome: BatchOutcome) -> None:
+            alerts.mark_changed()
+            metrics.observe(outcome)
+
+        def pipeline(fam: Family) -> BatchPipeline:
+            return BatchPipeline(
+                family=fam,
+                topic_prefix=settings.topic_prefix,
+                consumer_group=settings.app_id,
+                pool=pool,
+                redis=redis,
+                publish=publish,
+                dead_letter_topic=topic_name(settings.topic_prefix, DEAD_LETTER_TOPIC),
+                max_event_bytes=settings.max_event_bytes,
+                max_audio_bytes=settings.voice_max_audio_bytes,
+                max_backoff_s=settings.retry_max_backoff_s,
+                max_clock_skew_s=settings.max_clock_skew_s,
+                health=health,
+                on_batch=on_batch,
+            )
+
+        return cls(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            sessions_family=family,
+            sessions=pipeline(family),
+            inference=pipeline(CacheFamily(INFERENCE_TOPIC, settings.tz)),
+            synthesis=pipeline(CacheFamily(SYNTHESIS_TOPIC, settings.tz)),
+            stats=stats,
+            health=health,
+            alerts=alerts,
+            watch=RedisWatch(pool, redis, settings, _rebuild_announcer(alerts)),
+            watchdog=Watchdog(settings.watchdog_stall_s),
+            metrics=metrics,
+        )
+
+    async def sweep_idle_sessions(self) -> int:
+        """Expire idle sessions in PostgreSQL and Redis; return how many ops ran."""
+        now = datetime.now(UTC)
+
+        async def persist() -> list[RedisOp]:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self.sessions_family.sweep(conn, now)
+
+        ops = await until_done(persist, max_backoff_s=self.settings.retry_max_backoff_s)
+        await until_done(
+            lambda: redis_sink.write(self.redis, ops),
+            max_backoff_s=self.settings.retry_max_backoff_s,
+        )
+        return len(ops)
+
+    async def project_stats(self) -> int:
+        """Write the stats hashes that are due (leader only); return how many.
+
+        One attempt: while PostgreSQL or Redis is unreachable the next tick
+        tries again, and nothing is remembered as written until Redis took it.
+        """
+        now, now_mono = datetime.now(UTC), time.monotonic()
+        async with self.pool.acquire() as conn, conn.transaction():
+            ops, written = await self.stats.due(conn, now, now_mono)
+        if ops:
+            await redis_sink.write(self.redis, ops)
+            self.stats.remember(written, now_mono)
+        return len(ops)
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Kafka's end offsets of `partitions`, from a client outside the consumer group."""
+        if self._offsets_client is None:
+            client = AIOKafkaConsumer(enable_auto_commit=False, **kafka_options(self.settings))
+            await client.start()
+            self._offsets_client = client
+        ends = await self._offsets_client.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    async def close(self) -> None:
+        if self._offsets_client is not None:
+            await self._offsets_client.stop()
+        await self.redis.aclose()
+        await self.pool.close()
+
+
+def _rebuild_announcer(alerts: AlertEngine) -> Announce:
+    """Rebuild start/end as alerts: rule `redis_rebuild`, value = keys written."""
+
+    async def announce(state: str, keys: float) -> None:
+        await alerts.announce(
+            Alert(
+                "redis_rebuild",
+                "firing" if state == "firing" else "resolved",
+                "WARNING",
+                "redis_keys_rebuilt",
+                keys,
+                0.0,
+                datetime.now(UTC),
+            )
+        )
+
+    return announce
+
+
+async def processed_positions(pool: asyncpg.Pool, group: str) -> dict[tuple[str, int], int]:
+    """Last offset per partition stored with its state (the watchdog's "done")."""
+    rows = await pool.fetch(
+        "SELECT topic, kafka_partition, kafka_offset FROM consumer_positions"
+        " WHERE consumer_group = $1",
+        group,
+    )
+    return {(r["topic"], r["kafka_partition"]): r["kafka_offset"] for r in rows}

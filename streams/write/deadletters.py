@@ -1,0 +1,111 @@
+"""Dead letters: the rows we keep and the message we publish for each.
+
+A dead letter is written to PostgreSQL in the same transaction as the batch
+it came from (so it is never lost), then published to `{prefix}dead-letters`
+from that table (an outbox): a crash between the two only delays the message.
+
+Flushes run side by side (each agent's pipeline after a batch with dead
+letters, the 30 s timer, every worker process), so each one claims the rows
+it publishes (`FOR UPDATE SKIP LOCKED`) and marks them in the same
+transaction: with nothing failing, every row is published exactly once. A
+crash or a failed send between publishing and the commit leaves the rows
+unmarked, and they go out again (at least once) with the same
+`dead_letter_id` (schemas/messages.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from schemas.events import Rejection
+from schemas.messages import KAFKA_ORIGINAL_LIMIT, DeadLetterMessage, dead_letter_id
+from streams.store import postgres as pg
+from streams.store.postgres import DeadLetterRow
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes | None, bytes], Awaitable[None]]
+"""Send (topic, key, value) and wait until the broker has it."""
+
+
+def dead_letter_row(
+    rejection: Rejection,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    original: bytes | None,
+) -> DeadLetterRow:
+    log.warning(
+        "dead letter %s at %s[%d]@%d: %s",
+        rejection.reason,
+        topic,
+        partition,
+        offset,
+        rejection.detail,
+    )
+    return DeadLetterRow(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        reason=str(rejection.reason),
+        detail=rejection.detail,
+        event_id=rejection.event_id,
+        original=original,
+    )
+
+
+def dead_letter_message(row: asyncpg.Record | dict[str, Any]) -> DeadLetterMessage:
+    """The message published for one dead_letters row (its `to_json()` is the value)."""
+    original: bytes = row["original"] or b""
+    key: bytes | None = row["message_key"]
+    return DeadLetterMessage(
+        dead_letter_id=dead_letter_id(
+            row["topic"], row["kafka_partition"], row["kafka_offset"], row["reason"]
+        ),
+        reason=row["reason"],
+        detail=row["detail"],
+        source_topic=row["topic"],
+        partition=row["kafka_partition"],
+        offset=row["kafka_offset"],
+        event_id=row["event_id"],
+        key=bytes(key).decode("utf-8", "replace") if key is not None else None,
+        original=base64.b64encode(original[:KAFKA_ORIGINAL_LIMIT]).decode(),
+        original_size=len(original),
+        original_truncated=len(original) > KAFKA_ORIGINAL_LIMIT,
+        dead_lettered_at=row["created_at"] or datetime.now(UTC),
+    )
+
+
+async def flush(pool: asyncpg.Pool, publish: Publish, topic: str, batch: int = 500) -> int:
+    """Publish every unpublished dead letter nobody else is publishing; return how many.
+
+    Per claim of up to `batch` rows, one transaction:
+    1. lock the oldest unpublished rows no other flush holds (SKIP LOCKED);
+    2. publish each, waiting for the broker;
+    3. mark them published; the commit releases them.
+    Any failure rolls the claim back: the rows stay unpublished for the next
+    flush (a row sent before the failure is sent again, same dead_letter_id).
+    Returns when no unclaimed row is left; rows another flush holds are its.
+    """
+    sent = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            # 1. claim
+            rows = await pg.claim_unpublished_dead_letters(conn, batch)
+            if not rows:
+                return sent
+            # 2. publish
+            for row in rows:
+                await publish(topic, row["message_key"], dead_letter_message(row).to_json())
+            # 3. mark (committed on leaving the block)
+            await pg.mark_dead_letters_published(conn, [r["id"] for r in rows])
+        sent += len(rows)

@@ -1,0 +1,81 @@
+"""The inference and synthesis families: AI-response and voice-clip caches,
+latency metrics and the stats counters they feed.
+
+Inside the batch transaction: upsert entries and use counts of the new
+events, add their day counters; then project the entries the batch's misses
+touched and the latency points of every event in the batch (the stats hash
+is the leader's stats timer's: streams/write/families/stats.py).
+Voice audio is written to Redis from the event's own base64 string (the same
+bytes PostgreSQL now holds), so a clip is never re-encoded on the hot path.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from schemas.events import AiResponse, Event, VoiceSynthesized
+from schemas.hashing import H
+from schemas.keys import INFERENCE_TOPIC, SYNTHESIS_TOPIC
+from streams.projections import RedisOp, project_ai_response, project_latencies, project_voice
+from streams.reducers.caches import latency_points, reduce_cache_events
+from streams.store import postgres as pg
+from streams.store.postgres import Connection, StoredEvent
+from streams.write.families.base import FamilyResult
+
+
+class CacheFamily:
+    """Serves both topics: each event type only touches its own tables."""
+
+    def __init__(self, topic_suffix: str, tz: ZoneInfo) -> None:
+        assert topic_suffix in (INFERENCE_TOPIC, SYNTHESIS_TOPIC)
+        self.topic_suffix = topic_suffix
+        self.tz = tz
+
+    async def apply(
+        self, conn: Connection, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
+    ) -> FamilyResult:
+        changes = reduce_cache_events([s.event for s in new], self.tz)
+        await pg.upsert_ai_entries(conn, changes.ai)
+        await pg.upsert_voice_entries(conn, changes.voice)
+        await pg.add_day_counters(conn, changes.day_counters)
+        events = [s.event for s in batch]
+        ops: list[RedisOp] = []
+        ops += await self._ai_ops(conn, events, now)
+        ops += await self._voice_ops(conn, events, now)
+        ops += project_latencies(latency_points(events), now)
+        return FamilyResult(redis_ops=ops)
+
+    @staticmethod
+    async def _ai_ops(conn: Connection, events: list[Event], now: datetime) -> list[RedisOp]:
+        hashes = {H(e.prompt) for e in events if isinstance(e, AiResponse) and not e.cache_hit}
+        if not hashes:
+            return []
+        return [
+            project_ai_response(
+                r["prompt_hash"], r["response"], r["provider"], r["model"], r["cached_at"], now
+            )
+            for r in await pg.ai_entries(conn, hashes)
+        ]
+
+    @staticmethod
+    async def _voice_ops(conn: Connection, events: list[Event], now: datetime) -> list[RedisOp]:
+        misses = {
+            e.event_id: e for e in events if isinstance(e, VoiceSynthesized) and not e.cache_hit
+        }
+        if not misses:
+            return []
+        keys = {(e.speaker_id, H(e.text)) for e in misses.values()}
+        ops: list[RedisOp] = []
+        for row in await pg.voice_sources(conn, keys):
+            source = misses.get(row["source_event_id"])
+            if source is not None:
+                audio_b64 = source.audio
+            else:  # a later clip won, from another batch: project what PostgreSQL holds
+                audio = await pg.voice_audio(conn, row["speaker_id"], row["text_hash"])
+                audio_b64 = base64.b64encode(audio or b"").decode()
+            ops.append(
+                project_voice(row["speaker_id"], row["text_hash"], audio_b64, row["cached_at"], now)
+            )
+        return ops

@@ -1,0 +1,92 @@
+"""`stats:realtime:{day}`: every field, from PostgreSQL, written by one writer.
+
+Batches only add to `daily_counters` (in their transaction, so exactly once).
+The hash is projected by the leader worker on a timer (`STATS_INTERVAL_S`):
+today's, and every day whose counters moved since shortly before its last
+look. One writer, one write at a time: two batches committing side by side
+(three agents, or several worker processes) can no longer land their Redis
+writes in the opposite order and leave a hash without the other's counts,
+and batches no longer queue on the `daily_stats_writes` row.
+
+A day's hash is rewritten when a field changed (the gauges active_sessions
+and system_load of today included) or `refresh_s` after its last write, so a
+hash someone else overwrote heals by itself; its TTL runs 24 h from the last
+write (`daily_stats_writes`), which replay reads too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from schemas.keys import SESSION_TTL
+from streams.projections import RedisOp, project_stats, stats_fields
+from streams.reducers.sessions import business_day
+from streams.store import postgres as pg
+from streams.store.postgres import Connection
+
+LOOKBACK = timedelta(minutes=5)
+"""How far before a look counters are searched for changes: a batch transaction
+stamps `updated_at` when it starts and may commit seconds later (retries)."""
+
+Fields = dict[str, int | float]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    fields: Fields
+    at: float
+    """time.monotonic() of the write."""
+
+
+def days_to_write(
+    current: dict[date, Fields], written: dict[date, Written], now_mono: float, refresh_s: float
+) -> list[date]:
+    """Days whose hash differs from what was last written, or is due a refresh; pure."""
+    return sorted(
+        day
+        for day, fields in current.items()
+        if (last := written.get(day)) is None
+        or last.fields != fields
+        or now_mono - last.at >= refresh_s
+    )
+
+
+class StatsProjector:
+    """The stats writer of one worker process (only the leader's runs)."""
+
+    def __init__(self, tz: ZoneInfo, capacity: int, refresh_s: float = 60.0) -> None:
+        self.tz = tz
+        self.capacity = capacity
+        self.refresh_s = refresh_s
+        self.written: dict[date, Written] = {}
+        """What this process last wrote (empty at start). A hash written since by
+        someone else (a replay, an earlier leader) is healed within `refresh_s`."""
+
+    async def due(
+        self, conn: Connection, now: datetime, now_mono: float
+    ) -> tuple[list[RedisOp], dict[date, Written]]:
+        """The writes due now, and what to remember once Redis has them."""
+        today = business_day(now, self.tz)
+        days = {today} | await pg.days_changed_since(conn, now - LOOKBACK)
+        counters = await pg.day_counters(conn, days)
+        active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
+        current = {
+            day: stats_fields(counters[day], active if day == today else None, self.capacity)
+            for day in days
+        }
+        due = days_to_write(current, self.written, now_mono, self.refresh_s)
+        if not due:
+            return [], {}
+        stamped = await pg.touch_stats_days(conn, due)
+        ops = [project_stats(day, current[day], stamped[day], now) for day in due]
+        return ops, {day: Written(current[day], now_mono) for day in due}
+
+    def remember(self, written: dict[date, Written], now_mono: float) -> None:
+        """Record writes Redis has taken; drop days not written for a long time
+        (out of the look-back, they are only looked at again when they change)."""
+        self.written.update(written)
+        horizon = now_mono - LOOKBACK.total_seconds() - self.refresh_s
+        for day in [d for d, w in self.written.items() if w.at < horizon]:
+            del self.written[day]

@@ -1,0 +1,414 @@
+"""The write path of one batch: decode, persist, project, then let Kafka commit.
+
+`BatchPipeline.process` runs the steps in this order, and the order is the
+exactly-once argument:
+
+1. Decode every message; bad ones become dead-letter rows.
+2. One PostgreSQL transaction: dead letters, events (`ON CONFLICT DO
+   NOTHING`, so a redelivered event is not new), state changes of the new
+   events, counters, and the consumed positions. All or nothing.
+3. Redis: absolute values computed from the committed state, one pipeline.
+   A crash between 2 and 3 is repaired by the redelivery, which re-projects
+   every entity of the batch even though none of its events is new.
+4. Publish the batch's dead letters from the PostgreSQL outbox.
+5. Return; only then does the agent acknowledge the messages, and Faust
+   commits the Kafka offsets after that.
+
+Failures that wait (streams/errors.py: a server unreachable, read-only, out
+of memory, …) are retried with backoff in the step that met them; the batch
+never moves on without them. A batch that fails for any other reason is
+split, and an event that still fails on its own is dead-lettered as
+`processing_error`. `process` itself never raises: whatever escapes that,
+the same batch runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from redis.asyncio import Redis
+
+from schemas.events import Rejection, RejectReason, decode_event
+from streams.errors import is_transient
+from streams.projections import RedisOp
+from streams.retry import until_done
+from streams.sinks import redis as redis_sink
+from streams.store import postgres as pg
+from streams.store.postgres import DeadLetterRow, StoredEvent
+from streams.worker.health import ConnectionHealth
+from streams.write import deadletters
+from streams.write.families.base import Family
+
+log = logging.getLogger(__name__)
+
+SINGLE_EVENT_RETRY_PAUSES_S = (0.5, 2.0)
+"""Before an event is dead-lettered as processing_error, it is tried again after these."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A Kafka message as the agents hand it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did, for logs, metrics and tests."""
+
+    messages: int = 0
+    accepted: int = 0
+    new: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    redis_ops: int = 0
+    retries: int = 0
+    split: bool = False
+    reasons: list[str] = field(default_factory=list)
+    family: str = ""
+    """Topic suffix of the family, e.g. `session-events` (a metrics label)."""
+    seconds: float = 0.0
+    """Wall time of the whole batch, retries included."""
+    freshness_s: list[float] = field(default_factory=list)
+    """occurred_at → projected into Redis, in seconds, of each new event."""
+
+
+@dataclass
+class _Persisted:
+    redis_ops: list[RedisOp]
+    dead_letters: list[DeadLetterRow]
+    new: int
+    duplicates: int
+    new_occurred_at: list[datetime] = field(default_factory=list)
+
+
+class BatchPipeline:
+    """Runs batches of one topic family through the steps above."""
+
+    def __init__(
+        self,
+        *,
+        family: Family,
+        topic_prefix: str,
+        consumer_group: str,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        publish: deadletters.Publish,
+        dead_letter_topic: str,
+        max_event_bytes: int,
+        max_audio_bytes: int,
+        max_backoff_s: float,
+        max_clock_skew_s: float = 300.0,
+        health: ConnectionHealth | None = None,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.family = family
+        self.topic_prefix = topic_prefix
+        self.group = consumer_group
+        self.pool = pool
+        self.redis = redis
+        self.publish = publish
+        self.dead_letter_topic = dead_letter_topic
+        self.max_event_bytes = max_event_bytes
+        self.max_audio_bytes = max_audio_bytes
+        self.max_backoff_s = max_backoff_s
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        """How far past now an occurred_at may lie (producers' clock skew)."""
+        self.health = health or ConnectionHealth()
+        self.retrying = False
+        """True while a batch waits for Redis or PostgreSQL to come back."""
+        self.on_batch = on_batch
+        self.clock = clock
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        """Run one batch through every step; return only once it is done.
+
+        Never raises (but for cancellation): Faust acks a message whose handler
+        raised, and its supervisor restarts a crashed agent *after* the batch
+        it never acked, which would leave those events unprocessed until the
+        process restarts. A failure that escapes the steps' own handling (the
+        dead letter of a failed event cannot be stored either) is logged and
+        the same batch runs again after a backoff, for as long as it takes.
+        """
+        if not messages:
+            return BatchOutcome()
+        started = time.monotonic()
+        outcome = await self._process_until_done(messages)
+        outcome.family = self.family.topic_suffix
+        outcome.seconds = time.monotonic() - started
+        self.retrying = False
+        if self.on_batch is not None:
+            self.on_batch(outcome)
+        return outcome
+
+    async def _process_until_done(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        pause = 0.5
+        while True:
+            try:
+                return await self._process(messages)
+            except Exception:
+                self.retrying = True
+                first = messages[0]
+                log.exception(
+                    "batch of %d from %s[%d]@%d failed beyond its own handling; running it"
+                    " again in %.1f s (its offsets are not acknowledged, nothing is skipped)",
+                    len(messages),
+                    first.topic,
+                    first.partition,
+                    first.offset,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.max_backoff_s)
+
+    async def _process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        """`process` without the callback: a split batch reports once, as a whole."""
+        outcome = BatchOutcome(messages=len(messages))
+        try:
+            await self._run(messages, outcome)
+        except Exception as exc:
+            if len(messages) == 1:
+                await self._alone(messages[0], exc, outcome)
+            else:
+                log.exception("batch of %d failed; retrying event by event", len(messages))
+                outcome.split = True
+                for message in messages:
+                    sub = await self._process([message])
+                    outcome.accepted += sub.accepted
+                    outcome.new += sub.new
+                    outcome.duplicates += sub.duplicates
+                    outcome.dead_letters += sub.dead_letters
+                    outcome.redis_ops += sub.redis_ops
+                    outcome.retries += sub.retries
+                    outcome.freshness_s += sub.freshness_s
+                    outcome.reasons += sub.reasons
+        return outcome
+
+    async def _run(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> None:
+        # 1. decode
+        stored, rejected = self._decode(messages)
+        outcome.accepted = len(stored)
+
+        def count_retry() -> None:
+            outcome.retries += 1
+            self.retrying = True
+
+        # 2. persist (one transaction)
+        persisted = await until_done(
+            lambda: self.health.track(
+                "postgres", lambda: self._persist(messages, stored, rejected)
+            ),
+            max_backoff_s=self.max_backoff_s,
+            on_retry=count_retry,
+        )
+        outcome.new, outcome.duplicates = persisted.new, persisted.duplicates
+        outcome.dead_letters = len(persisted.dead_letters)
+        outcome.reasons = [d.reason for d in persisted.dead_letters]
+        # 3. project
+        outcome.redis_ops = len(persisted.redis_ops)
+        await self._project(persisted.redis_ops, count_retry)
+        projected_at = self.clock()
+        outcome.freshness_s = [
+            max(0.0, (projected_at - at).total_seconds()) for at in persisted.new_occurred_at
+        ]
+        # 4. publish dead letters
+        if persisted.dead_letters:
+            await self._publish_dead_letters(count_retry)
+        # 5. the caller acknowledges; Faust commits the offsets afterwards
+
+    def _decode(
+        self, messages: Sequence[RawMessage]
+    ) -> tuple[list[StoredEvent], list[DeadLetterRow]]:
+        stored: list[StoredEvent] = []
+        rejected: list[DeadLetterRow] = []
+        not_after = self.clock() + self.max_clock_skew
+        for m in messages:
+            suffix = m.topic.removeprefix(self.topic_prefix)
+            result = decode_event(
+                m.value,
+                topic=suffix,
+                max_bytes=self.max_event_bytes,
+                max_audio_bytes=self.max_audio_bytes,
+                not_after=not_after,
+            )
+            if isinstance(result, Rejection):
+                rejected.append(self._row(m, result))
+            else:
+                stored.append(
+                    StoredEvent(
+                        result, m.topic, m.partition, m.offset, result.stored_json(), m.key, m.value
+                    )
+                )
+        return stored, rejected
+
+    async def _persist(
+        self,
+        messages: Sequence[RawMessage],
+        stored: list[StoredEvent],
+        rejected: list[DeadLetterRow],
+    ) -> _Persisted:
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            first, repeats = _first_of_each(stored)
+            new_ids = await pg.insert_events(conn, first)
+            new = [s for s in first if s.event.event_id in new_ids]
+            dead = list(rejected)
+            seen = [s for s in first if s.event.event_id not in new_ids]
+            dead += await self._conflicts(conn, seen + repeats)
+            result = await self.family.apply(conn, new, stored, now)
+            dead += [self._row_for(s, r) for s, r in result.rejections]
+            await pg.insert_dead_letters(conn, dead)
+            await pg.record_positions(conn, self.group, _positions(messages))
+        return _Persisted(
+            result.redis_ops,
+            dead,
+            len(new),
+            len(stored) - len(new),
+            [s.event.occurred_at for s in new],
+        )
+
+    async def _conflicts(self, conn: pg.Connection, seen: list[StoredEvent]) -> list[DeadLetterRow]:
+        """A known event_id with different content: the first one wins."""
+        if not seen:
+            return []
+        shas = await pg.stored_payload_shas(conn, {s.event.event_id for s in seen})
+        return [
+            self._row_for(
+                s,
+                Rejection(
+                    RejectReason.DUPLICATE_EVENT_CONFLICT,
+                    "event_id already stored with different content; the first one stands",
+                    s.event.event_id,
+                ),
+            )
+            for s in seen
+            if shas.get(s.event.event_id, pg.payload_sha(s.payload)) != pg.payload_sha(s.payload)
+        ]
+
+    async def _project(self, ops: list[RedisOp], count_retry: Callable[[], None]) -> None:
+        try:
+            await until_done(
+                lambda: self.health.track("redis", lambda: redis_sink.write(self.redis, ops)),
+                max_backoff_s=self.max_backoff_s,
+                on_retry=count_retry,
+            )
+        except Exception:
+            # An answer waiting cannot fix (WRONGTYPE: a key of ours rewritten by
+            # someone else with another type; streams/errors.py). PostgreSQL holds
+            # the events; `rpcache replay` rewrites the keys once fixed.
+            log.exception(
+                "Redis refused a projection (waiting cannot fix it); PostgreSQL is intact"
+            )
+
+    async def _publish_dead_letters(self, count_retry: Callable[[], None] | None = None) -> None:
+        """Publish the outbox; wait while Kafka is away, never fail the batch.
+
+        The rows are committed already (the outbox), so a failure retrying
+        cannot fix (an authorisation error, a message the broker refuses) must
+        not send a stored batch through the split path: it is logged, the rows
+        stay unpublished, and the 30 s outbox timer tries them again.
+        """
+        try:
+            await until_done(
+                self.flush_dead_letters, max_backoff_s=self.max_backoff_s, on_retry=count_retry
+            )
+        except Exception:
+            log.exception("dead letters not published (kept in the outbox; retried every 30 s)")
+
+    async def flush_dead_letters(self) -> int:
+        return await deadletters.flush(self.pool, self.publish, self.dead_letter_topic)
+
+    async def _alone(self, message: RawMessage, exc: Exception, outcome: BatchOutcome) -> None:
+        """One event failed for a reason not known to be transient: try it twice more
+        (on fresh connections, after a pause) before calling it a bad event."""
+        for pause in SINGLE_EVENT_RETRY_PAUSES_S:
+            log.warning(
+                "event at %s[%d]@%d failed (%r); trying again in %.1f s",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            try:
+                await self._run([message], outcome)
+                return
+            except Exception as again:
+                exc = again
+        await self._dead_letter_failure(message, exc, outcome)
+
+    async def _dead_letter_failure(
+        self, message: RawMessage, exc: Exception, outcome: BatchOutcome
+    ) -> None:
+        """The event fails on its own for a reason retrying cannot fix."""
+        if is_transient(exc):  # pragma: no cover - until_done never gives up on these
+            raise exc
+        log.error(
+            "event at %s[%d]@%d cannot be processed: %r",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc,
+        )
+        row = self._row(message, Rejection(RejectReason.PROCESSING_ERROR, repr(exc)[:1000]))
+
+        async def persist() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await pg.insert_dead_letters(conn, [row])
+                await pg.record_positions(conn, self.group, _positions([message]))
+
+        await until_done(persist, max_backoff_s=self.max_backoff_s)
+        await self._publish_dead_letters()
+        outcome.dead_letters += 1
+        outcome.reasons.append(row.reason)
+
+    def _row(self, m: RawMessage, rejection: Rejection) -> DeadLetterRow:
+        return deadletters.dead_letter_row(
+            rejection,
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            key=m.key,
+            original=m.value,
+        )
+
+    def _row_for(self, s: StoredEvent, rejection: Rejection) -> DeadLetterRow:
+        return deadletters.dead_letter_row(
+            rejection,
+            topic=s.topic,
+            partition=s.partition,
+            offset=s.offset,
+            key=s.key,
+            original=s.raw,
+        )
+
+
+def _first_of_each(stored: list[StoredEvent]) -> tuple[list[StoredEvent], list[StoredEvent]]:
+    """Split a batch into first occurrences and in-batch repeats of an event_id."""
+    seen: set[str] = set()
+    first: list[StoredEvent] = []
+    repeats: list[StoredEvent] = []
+    for s in stored:
+        (repeats if s.event.event_id in seen else first).append(s)
+        seen.add(s.event.event_id)
+    return first, repeats
+
+
+def _positions(messages: Sequence[RawMessage]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        out[key] = max(out.get(key, -1), m.offset)
+    return out

@@ -1,8 +1,35 @@
-"""Faust agents, one module per topic family: consume, batch, hand off.
+"""Faust agents: one per topic family (`schemas.keys.TOPIC_FAMILIES`).
 
-Importing this package registers every agent on `streams.app.app`.
+`agent_for(name)` is the agent function of one family; `streams/app.py`
+registers one per family on its topic. The agents import nothing of the
+app: each finds its pipeline on the app that runs it (`stream.app.runtime`).
 """
 
-from agents import inference, sessions, synthesis
+from __future__ import annotations
 
-__all__ = ["inference", "sessions", "synthesis"]
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agents.consume import consume
+
+AgentFun = Callable[[Any], Awaitable[None]]
+
+
+def agent_for(family: str) -> AgentFun:
+    """The agent of one topic family: batches of its topic into its pipeline."""
+
+    async def agent(stream: Any) -> None:
+        runtime = stream.app.runtime
+        settings = runtime.settings
+        await consume(
+            stream,
+            runtime.pipelines[family],
+            settings.batch_max_events,
+            settings.batch_within_ms / 1000,
+        )
+
+    agent.__name__ = agent.__qualname__ = f"{family}_agent"
+    return agent
+
+
+__all__ = ["AgentFun", "agent_for", "consume"]

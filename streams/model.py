@@ -1,12 +1,13 @@
-"""The current state of sessions and users, as PostgreSQL keeps it.
+"""The shared vocabulary: state of sessions and users, and what a batch did.
 
-Plain dataclasses: the reducers change them, the PostgreSQL sink loads and
-saves them, the projections turn them into Redis values. Nothing here does I/O.
+Plain dataclasses: the reducers change the state, the PostgreSQL store loads
+and saves it, the projections turn it into Redis values; the pipeline
+reports a `BatchOutcome`, which the metrics read. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -43,3 +44,24 @@ class UserState:
     preferences: dict[str, Any] | None
     last_seen: datetime
     version: int = 1
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did, for logs, metrics and tests."""
+
+    messages: int = 0
+    accepted: int = 0
+    new: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    redis_ops: int = 0
+    retries: int = 0
+    split: bool = False
+    reasons: list[str] = field(default_factory=list)
+    family: str = ""
+    """Topic suffix of the family, e.g. `session-events` (a metrics label)."""
+    seconds: float = 0.0
+    """Wall time of the whole batch, retries included."""
+    freshness_s: list[float] = field(default_factory=list)
+    """occurred_at → projected into Redis, in seconds, of each new event."""

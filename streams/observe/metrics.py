@@ -36,19 +36,15 @@ from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from schemas.keys import INFERENCE_TOPIC, SESSION_TOPIC, SYNTHESIS_TOPIC
-from streams.worker.health import ConnectionHealth
-from streams.write.pipeline import BatchOutcome
+from schemas.keys import TOPIC_FAMILIES
+from streams.health import ConnectionHealth
+from streams.model import BatchOutcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, understood by every Prometheus version."""
 
-FAMILIES: dict[str, str] = {
-    SESSION_TOPIC: "sessions",
-    INFERENCE_TOPIC: "inference",
-    SYNTHESIS_TOPIC: "synthesis",
-}
-"""Topic suffix → the `family` label (the agents' names)."""
+FAMILY_OF_TOPIC: dict[str, str] = {suffix: name for name, suffix in TOPIC_FAMILIES.items()}
+"""Topic suffix → the `family` label (the agents' names, `schemas.keys.TOPIC_FAMILIES`)."""
 
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -59,7 +55,7 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 
 def family_label(topic_suffix: str) -> str:
-    return FAMILIES.get(topic_suffix, topic_suffix)
+    return FAMILY_OF_TOPIC.get(topic_suffix, topic_suffix)
 
 
 # --- pure helpers -----------------------------------------------------------------
@@ -210,11 +206,11 @@ class PipelineMetrics:
             buckets=FRESHNESS_BUCKETS,
             registry=registry,
         )
-        for name in FAMILIES.values():  # every series exists from the start, at 0
+        for name in TOPIC_FAMILIES:  # every series exists from the start, at 0
             for metric in (self.consumed, self.projected, self.new, self.duplicates, self.retries):
                 metric.labels(name)
         self.throughput = ThroughputMeter()
-        self.totals: dict[str, Counter[str]] = {name: Counter() for name in FAMILIES.values()}
+        self.totals: dict[str, Counter[str]] = {name: Counter() for name in TOPIC_FAMILIES}
         """Per family: consumed, projected, dead_lettered, batches (for the dashboard)."""
 
     def observe(self, outcome: BatchOutcome) -> None:

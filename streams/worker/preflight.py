@@ -16,6 +16,8 @@ stored batch is never dropped for them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -155,3 +157,17 @@ async def refusals(settings: Settings, timeout_s: float = 5.0) -> list[str]:
     ]
     found = await asyncio.gather(*(probe(settings, timeout_s) for probe in probes))
     return [redact(r.describe(), settings) for r in found if r is not None]
+
+
+async def exit_unless_admitted(settings: Settings, timeout_s: float) -> None:
+    """Exit 78 with one line per server that refuses our credentials or TLS; return
+    when none does (a server that does not answer yet is waited for later)."""
+    found = await refusals(settings, timeout_s)
+    if not found:
+        return
+    log = logging.getLogger("streams.worker")
+    for line in found:
+        log.error("%s", line)
+    log.error("rpcache worker cannot start: exiting with status %d", EXIT_CONFIG)
+    logging.shutdown()
+    os._exit(EXIT_CONFIG)

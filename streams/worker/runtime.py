@@ -18,11 +18,11 @@ from redis.asyncio import Redis
 from schemas.keys import (
     ALERTS_TOPIC,
     DEAD_LETTER_TOPIC,
-    INFERENCE_TOPIC,
-    SYNTHESIS_TOPIC,
     topic_name,
 )
 from streams.database import pool_options
+from streams.health import ConnectionHealth
+from streams.model import BatchOutcome
 from streams.observe.alerts import Alert, AlertEngine
 from streams.observe.metrics import PipelineMetrics
 from streams.projections import RedisOp
@@ -32,15 +32,14 @@ from streams.security import kafka_options, redis_options
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
 from streams.store.migrate import migrate
-from streams.worker.health import ConnectionHealth
 from streams.worker.topics import ensure_topics
 from streams.worker.watchdog import Watchdog
 from streams.write import deadletters
 from streams.write.families.base import Family
-from streams.write.families.caches import CacheFamily
 from streams.write.families.sessions import SessionFamily
 from streams.write.families.stats import StatsProjector
-from streams.write.pipeline import BatchOutcome, BatchPipeline
+from streams.write.pipeline import BatchPipeline
+from streams.write.registry import handlers
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +81,8 @@ class Runtime:
     pool: asyncpg.Pool
     redis: Redis
     sessions_family: SessionFamily
-    sessions: BatchPipeline
-    inference: BatchPipeline
-    synthesis: BatchPipeline
+    pipelines: dict[str, BatchPipeline]
+    """One per topic family (streams/write/registry.py), by family name."""
     stats: StatsProjector
     health: ConnectionHealth
     alerts: AlertEngine
@@ -107,7 +105,9 @@ class Runtime:
         alerts = AlertEngine(
             settings, pool, redis, health, publish, topic_name(settings.topic_prefix, ALERTS_TOPIC)
         )
-        family = SessionFamily(settings.tz, settings.daily_session_quota)
+        families = handlers(settings)
+        sessions_family = families["sessions"]
+        assert isinstance(sessions_family, SessionFamily)  # the idle sweep is its own
         metrics = PipelineMetrics()
 
         def on_batch(outcome: BatchOutcome) -> None:
@@ -135,10 +135,8 @@ class Runtime:
             settings=settings,
             pool=pool,
             redis=redis,
-            sessions_family=family,
-            sessions=pipeline(family),
-            inference=pipeline(CacheFamily(INFERENCE_TOPIC, settings.tz)),
-            synthesis=pipeline(CacheFamily(SYNTHESIS_TOPIC, settings.tz)),
+            sessions_family=sessions_family,
+            pipelines={name: pipeline(handler) for name, handler in families.items()},
             stats=stats,
             health=health,
             alerts=alerts,
@@ -146,6 +144,15 @@ class Runtime:
             watchdog=Watchdog(settings.watchdog_stall_s),
             metrics=metrics,
         )
+
+    @property
+    def retrying(self) -> bool:
+        """A batch of some family waits for Redis or PostgreSQL to come back."""
+        return any(p.retrying for p in self.pipelines.values())
+
+    async def flush_dead_letters(self) -> int:
+        """Publish what the outbox holds (any pipeline flushes every family's rows)."""
+        return await next(iter(self.pipelines.values())).flush_dead_letters()
 
     async def sweep_idle_sessions(self) -> int:
         """Expire idle sessions in PostgreSQL and Redis; return how many ops ran."""

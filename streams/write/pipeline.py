@@ -36,12 +36,13 @@ from redis.asyncio import Redis
 
 from schemas.events import Rejection, RejectReason, decode_event
 from streams.errors import is_transient
+from streams.health import ConnectionHealth
+from streams.model import BatchOutcome
 from streams.projections import RedisOp
 from streams.retry import until_done
 from streams.sinks import redis as redis_sink
 from streams.store import postgres as pg
 from streams.store.postgres import DeadLetterRow, StoredEvent
-from streams.worker.health import ConnectionHealth
 from streams.write import deadletters
 from streams.write.families.base import Family
 
@@ -60,27 +61,6 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
-
-
-@dataclass
-class BatchOutcome:
-    """What one batch did, for logs, metrics and tests."""
-
-    messages: int = 0
-    accepted: int = 0
-    new: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    redis_ops: int = 0
-    retries: int = 0
-    split: bool = False
-    reasons: list[str] = field(default_factory=list)
-    family: str = ""
-    """Topic suffix of the family, e.g. `session-events` (a metrics label)."""
-    seconds: float = 0.0
-    """Wall time of the whole batch, retries included."""
-    freshness_s: list[float] = field(default_factory=list)
-    """occurred_at → projected into Redis, in seconds, of each new event."""
 
 
 @dataclass

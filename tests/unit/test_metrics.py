@@ -18,6 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.health import ConnectionHealth
 from streams.observe.alerts import rules
 from streams.observe.check import judge_heartbeat
 from streams.observe.heartbeat import Heartbeat
@@ -39,7 +40,6 @@ from streams.observe.metrics import (
 from streams.observe.monitor import consumer_lag
 from streams.read.reader import CacheReader
 from streams.settings import Settings
-from streams.worker.health import ConnectionHealth
 from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 from tests import needs
 

@@ -22,8 +22,8 @@ METRICS_TTL: Final = timedelta(minutes=5)
 STATS_TTL: Final = timedelta(hours=24)
 SCENARIO_CONTEXT_TTL: Final = timedelta(hours=1)
 """Warm-up's popular scenario contexts live as long as cached AI responses."""
-SENTINEL_TTL: Final = timedelta(hours=24)
-"""The data-loss sentinel; refreshed by the worker far more often than this."""
+LOADED_MARKER_TTL: Final = timedelta(hours=24)
+"""The data-loss marker's TTL; refreshed by the worker far more often than this."""
 
 MetricName = Literal["response_time", "synthesis_time"]
 MetricWindow = Literal["1m", "5m", "1h"]
@@ -94,8 +94,9 @@ def scenario_context_key(scenario_id: str) -> str:
     return f"scenario:{scenario_id}:context"
 
 
-SENTINEL_KEY: Final = "rpcache:sentinel"
-"""Present while Redis holds rpcache's projection; its absence means data loss."""
+LOADED_MARKER_KEY: Final = "rpcache:loaded"
+"""The data-loss marker: present while Redis holds rpcache's projection, so its
+absence means Redis lost its data (a restart without persistence, a FLUSHALL)."""
 
 
 # --- time helpers -------------------------------------------------------------

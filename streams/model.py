@@ -7,9 +7,13 @@ reports a `BatchOutcome`, which the metrics read. Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
+
+Publish = Callable[[str, bytes | None, bytes], Awaitable[None]]
+"""Send (topic, key, value) to Kafka and wait until the broker has it."""
 
 SessionStatus = Literal["active", "paused", "ended", "expired"]
 OPEN_STATUSES: frozenset[str] = frozenset({"active", "paused"})

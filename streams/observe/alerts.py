@@ -31,12 +31,12 @@ from redis.asyncio import Redis
 
 from schemas.messages import AlertLevel, AlertMessage, AlertState
 from streams.health import ConnectionHealth
+from streams.model import Publish
 from streams.projections import stats_fields
 from streams.reducers.caches import AI_HITS, AI_MISSES, VOICE_HITS, VOICE_MISSES
 from streams.reducers.sessions import business_day
 from streams.settings import Settings
 from streams.store import postgres as pg
-from streams.write.deadletters import Publish
 
 log = logging.getLogger(__name__)
 

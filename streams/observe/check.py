@@ -29,10 +29,9 @@ from redis.asyncio import Redis
 from schemas.keys import format_utc
 from streams.database import asyncpg_options
 from streams.observe import heartbeat
-from streams.observe.heartbeat import Heartbeat
+from streams.observe.heartbeat import Heartbeat, child_worker_ids
 from streams.security import kafka_options, redis_options
 from streams.settings import Settings
-from streams.worker.supervisor import child_worker_ids
 
 
 @dataclass(frozen=True, slots=True)

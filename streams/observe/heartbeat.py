@@ -88,3 +88,15 @@ async def workers(conn: Connection, app_id: str) -> list[Heartbeat]:
     """Every worker of the group that ever beat, the latest first."""
     rows = await conn.fetch(f"{_SELECT} WHERE app_id = $1 ORDER BY beat_at DESC", app_id)
     return [Heartbeat(**dict(r)) for r in rows]
+
+
+def child_worker_id(worker_id: str, index: int) -> str:
+    """WORKER_ID of child `index` of `rpcache worker --processes N` (its heartbeat row)."""
+    return f"{worker_id}-{index}"
+
+
+def child_worker_ids(worker_id: str, processes: int) -> list[str]:
+    """The heartbeat rows of a `--processes` worker (what `rpcache check` reads)."""
+    if processes <= 1:
+        return [worker_id]
+    return [child_worker_id(worker_id, i) for i in range(processes)]

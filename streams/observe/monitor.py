@@ -22,11 +22,13 @@ import os
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
+from redis.asyncio import Redis
 
 from schemas.keys import (
     METRIC_WINDOWS,
@@ -37,7 +39,9 @@ from schemas.keys import (
     metrics_key,
     topic_name,
 )
+from streams.health import ConnectionHealth
 from streams.observe import heartbeat
+from streams.observe.alerts import AlertEngine
 from streams.observe.metrics import (
     AlertFigure,
     CacheFigures,
@@ -54,8 +58,8 @@ from streams.projections import stats_fields
 from streams.reducers.caches import AI_HITS, AI_MISSES, VOICE_HITS, VOICE_MISSES
 from streams.reducers.sessions import business_day
 from streams.security import kafka_options
+from streams.settings import Settings
 from streams.store import postgres as pg
-from streams.worker.runtime import Runtime, processed_positions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,10 +99,21 @@ def consumer_lag(
     return out
 
 
+class Watched(Protocol):
+    """What the monitor reads of the worker's runtime (streams/worker/runtime.py)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    metrics: PipelineMetrics
+    health: ConnectionHealth
+    alerts: AlertEngine
+
+
 class Monitor:
     """The worker's window on itself and its dependencies (one per worker process)."""
 
-    def __init__(self, runtime: Runtime, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, runtime: Watched, registry: CollectorRegistry = REGISTRY) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.metrics: PipelineMetrics = runtime.metrics
@@ -163,7 +178,7 @@ class Monitor:
                 HISTORY_ROWS,
             )
             self._workers = await heartbeat.workers(conn, settings.app_id)
-        positions = await processed_positions(self.runtime.pool, settings.app_id)
+        positions = await pg.last_offsets(self.runtime.pool, settings.app_id)
         fields = stats_fields(counters, active, settings.max_concurrent_sessions)
         day = DayFigures(
             day=today,
@@ -393,7 +408,7 @@ def _latency_json(summary: LatencySummary | None) -> dict[str, Any]:
     return {"count": summary.count, "p50": summary.p50, "p95": summary.p95, "p99": summary.p99}
 
 
-def _connections_json(runtime: Runtime) -> dict[str, Any]:
+def _connections_json(runtime: Watched) -> dict[str, Any]:
     rate, attempts = runtime.health.failure_rate()
     totals = runtime.health.totals
     return {

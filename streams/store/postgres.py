@@ -153,14 +153,27 @@ async def record_positions(
         return
     await conn.executemany(
         """
-        INSERT INTO consumer_positions (consumer_group, topic, kafka_partition, kafka_offset)
+        INSERT INTO consumer_positions (consumer_group, topic, kafka_partition, last_offset)
         VALUES ($1, $2, $3, $4)
         ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE
-        SET kafka_offset = GREATEST(consumer_positions.kafka_offset, EXCLUDED.kafka_offset),
+        SET last_offset = GREATEST(consumer_positions.last_offset, EXCLUDED.last_offset),
             updated_at = now()
         """,
         [(group, topic, part, off) for (topic, part), off in positions.items()],
     )
+
+
+async def last_offsets(conn: Connection | asyncpg.Pool, group: str) -> dict[tuple[str, int], int]:
+    """The last offset whose effects are stored, per (topic, partition) of `group`.
+
+    Kafka's position of a partition is this + 1 (the next offset to read).
+    """
+    rows = await conn.fetch(
+        "SELECT topic, kafka_partition, last_offset FROM consumer_positions"
+        " WHERE consumer_group = $1",
+        group,
+    )
+    return {(r["topic"], r["kafka_partition"]): r["last_offset"] for r in rows}
 
 
 # --- sessions and users -----------------------------------------------------------

@@ -216,13 +216,3 @@ def _rebuild_announcer(alerts: AlertEngine) -> Announce:
         )
 
     return announce
-
-
-async def processed_positions(pool: asyncpg.Pool, group: str) -> dict[tuple[str, int], int]:
-    """Last offset per partition stored with its state (the watchdog's "done")."""
-    rows = await pool.fetch(
-        "SELECT topic, kafka_partition, kafka_offset FROM consumer_positions"
-        " WHERE consumer_group = $1",
-        group,
-    )
-    return {(r["topic"], r["kafka_partition"]): r["kafka_offset"] for r in rows}

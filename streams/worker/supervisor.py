@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+from streams.observe.heartbeat import child_worker_id
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 60.0
@@ -37,17 +39,10 @@ def child_env(base: Mapping[str, str], index: int, worker_id: str, web_port: int
     """The environment of child `index`: its own heartbeat id and web port."""
     return {
         **base,
-        "WORKER_ID": f"{worker_id}-{index}",
+        "WORKER_ID": child_worker_id(worker_id, index),
         "WORKER_WEB_PORT": str(web_port + index),
         "WORKER_PROCESSES": "1",
     }
-
-
-def child_worker_ids(worker_id: str, processes: int) -> list[str]:
-    """The heartbeat rows of a `--processes` worker (what `rpcache check` reads)."""
-    if processes <= 1:
-        return [worker_id]
-    return [f"{worker_id}-{i}" for i in range(processes)]
 
 
 def run_processes(

@@ -20,7 +20,8 @@ from typing import Any, Final
 from schemas.keys import TOPIC_FAMILIES, topic_name
 from streams.observe import heartbeat
 from streams.settings import Settings
-from streams.worker.runtime import Runtime, processed_positions
+from streams.store import postgres as pg
+from streams.worker.runtime import Runtime
 from streams.worker.watchdog import EXIT_STALLED
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ async def consumer_watchdog(app: App) -> None:
         return
     try:
         ends = await runtime.end_offsets(assigned)
-        positions = await processed_positions(runtime.pool, settings.app_id)
+        positions = await pg.last_offsets(runtime.pool, settings.app_id)
     except Exception as exc:  # the broker or the database is away: not a stall of ours
         log.info("watchdog: cannot read offsets now: %r", exc)
         return

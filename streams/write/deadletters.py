@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +24,13 @@ import asyncpg
 
 from schemas.events import Rejection
 from schemas.messages import KAFKA_ORIGINAL_LIMIT, DeadLetterMessage, dead_letter_id
+from streams import model
 from streams.store import postgres as pg
 from streams.store.postgres import DeadLetterRow
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes | None, bytes], Awaitable[None]]
-"""Send (topic, key, value) and wait until the broker has it."""
+Publish = model.Publish
 
 
 def dead_letter_row(

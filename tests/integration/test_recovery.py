@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from schemas import H
 from schemas.keys import (
-    SENTINEL_KEY,
+    LOADED_MARKER_KEY,
     ai_response_key,
     scenario_context_key,
     session_key,
@@ -128,9 +128,9 @@ async def test_flushall_then_replay_restores_every_key_and_ttl(test_env: dict[st
 async def test_worker_rebuilds_redis_by_itself_after_a_restart(test_env: dict[str, str]) -> None:
     async with isolated_run(test_env, "rebuild", 12, REDIS_WATCH_INTERVAL_S="1") as run:
         await traffic(run)
-        await eventually(lambda: run.redis.exists(SENTINEL_KEY), lambda n: n == 1)
+        await eventually(lambda: run.redis.exists(LOADED_MARKER_KEY), lambda n: n == 1)
         before = await snapshot(run.redis)
-        del before[SENTINEL_KEY]
+        del before[LOADED_MARKER_KEY]
 
         run_id = (await run.redis.info("server"))["run_id"]
         stop_service("redis")  # really stopped; no persistence: it comes back empty
@@ -140,14 +140,14 @@ async def test_worker_rebuilds_redis_by_itself_after_a_restart(test_env: dict[st
 
         async def rebuilt() -> Snapshot:
             snap = await snapshot(run.redis)
-            return snap if SENTINEL_KEY in snap else {}
+            return snap if LOADED_MARKER_KEY in snap else {}
 
         after = await eventually(rebuilt, bool, timeout_s=60)
-        del after[SENTINEL_KEY]
+        del after[LOADED_MARKER_KEY]
         assert_same(before, after, ttl_tolerance_ms=5000)
 
         alerts = await read_alerts(run.settings, "redis_rebuild", 4)
-        # once at first start (no sentinel yet), once after the restart
+        # once at first start (no marker yet), once after the restart
         assert [a["state"] for a in alerts][-2:] == ["firing", "resolved"]
         assert alerts[-1]["value"] >= len(before) - 6  # keys written (metrics: one per window)
 

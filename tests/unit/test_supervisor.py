@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from streams.observe.check import CheckResult, judge_heartbeats
-from streams.worker.supervisor import child_env, child_worker_ids, exit_code
+from streams.observe.heartbeat import child_worker_ids
+from streams.worker.supervisor import child_env, exit_code
 
 
 def test_each_child_has_its_own_heartbeat_id_and_port() -> None:

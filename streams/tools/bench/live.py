@@ -71,7 +71,7 @@ class LiveWorker:
         if not self.worker.alive():
             raise RuntimeError(f"the worker exited:\n{self.worker.log_tail()}")
         done = await self._conn.fetchval(
-            "SELECT coalesce(sum(kafka_offset + 1), 0) FROM consumer_positions"
+            "SELECT coalesce(sum(last_offset + 1), 0) FROM consumer_positions"
             " WHERE consumer_group = $1",
             self.env.settings.app_id,
         )

@@ -127,7 +127,7 @@ async def run_ours(
             if not worker.alive():
                 raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
             done = await conn.fetchval(
-                "SELECT coalesce(sum(kafka_offset + 1), 0) FROM consumer_positions"
+                "SELECT coalesce(sum(last_offset + 1), 0) FROM consumer_positions"
                 " WHERE consumer_group = $1",
                 env.settings.app_id,
             )

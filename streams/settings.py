@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:9092"
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_replica_url: SecretStr | None = None
+    redis_sessions_url: SecretStr | None = None
+    """SPEC §8: the Redis target of sessions, user state, metrics, stats and rpcache's own
+    keys (default REDIS_URL); `redis://`, `rediss://` or `redis+sentinel://` (redis_targets.py)."""
+    redis_ai_url: SecretStr | None = None
+    """The Redis target of `ai_response:` keys (default REDIS_URL)."""
+    redis_voice_url: SecretStr | None = None
+    """The Redis target of `voice:` keys (default REDIS_URL)."""
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/rpcache")
     topic_prefix: str = "roleplay."
     business_tz: str = "UTC"
@@ -185,9 +192,12 @@ class Settings(BaseSettings):
                 secret = field.get_secret_value()
                 values.append(secret)
                 if name.endswith("_url"):
-                    password = urlsplit(secret).password
-                    if password:
-                        values += [password, unquote(password)]
+                    parts = urlsplit(secret)
+                    if parts.password:
+                        values += [parts.password, unquote(parts.password)]
+                    for key, found in parse_qsl(parts.query):
+                        if "password" in key:
+                            values.append(found)
         return [v for v in values if v]
 
     @property
@@ -197,18 +207,30 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, object]:
         """Settings safe to log: URLs without their passwords."""
         out = self.model_dump()
-        for name in ("redis_url", "redis_replica_url", "database_url"):
+        for name in (
+            "redis_url",
+            "redis_replica_url",
+            "redis_sessions_url",
+            "redis_ai_url",
+            "redis_voice_url",
+            "database_url",
+        ):
             value = getattr(self, name)
             out[name] = _without_password(value.get_secret_value()) if value else None
         return out
 
 
 def _without_password(url: str) -> str:
+    """`url` with its password, and any `*password*` query value, shown as `***`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    if "password" in parts.query:
+        query = "&".join(
+            f"{k}=***" if "password" in k else f"{k}={v}" for k, v in parse_qsl(parts.query)
+        )
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, StringWrite
+from streams.redis_targets import RedisTargets
 
 _LARGE = 16 * 1024
 """Arguments from this size on are sent as their own buffer, not copied into one."""
@@ -99,6 +100,29 @@ async def write(redis: Redis, ops: Sequence[RedisOp]) -> None:
         await pool.release(conn)
     if error is not None:
         raise error
+
+
+async def write_by_target(targets: RedisTargets, ops: Sequence[RedisOp]) -> None:
+    """Execute `ops` on each key's family target (SPEC §8): one round trip per target,
+    the targets in parallel, each target's ops in their order.
+
+    A target that fails raises after the others finished; the caller's retry
+    sends everything again, which absolute values make harmless.
+    """
+    groups: dict[int, tuple[Redis, list[RedisOp]]] = {}
+    for op in ops:
+        client = targets.master_for(op.key)
+        groups.setdefault(id(client), (client, []))[1].append(op)
+    if len(groups) <= 1:
+        for client, group in groups.values():
+            await write(client, group)
+        return
+    results = await asyncio.gather(
+        *(write(client, group) for client, group in groups.values()), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _read_replies(

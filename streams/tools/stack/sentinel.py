@@ -1,0 +1,302 @@
+"""The local Redis in the design's master/replica topology: a master and a replica
+per key family, watched by three Sentinels (`rpcache stack up --redis sentinel`).
+
+Why this shape (SPEC §8, the original design's "Redis cluster design"):
+writes go to each family's master, replicas are read-only and take over on
+failure, and each family gets its own eviction policy and memory cap:
+
+| family | master / replica | maxmemory-policy | why |
+|---|---|---|---|
+| sessions | 6391 / 6392 | volatile-ttl | state must live out its TTL: only keys with |
+|          |             |              | a TTL are evicted, the soonest to expire first |
+| ai | 6393 / 6394 | allkeys-lru | old AI responses go first |
+| voice | 6395 / 6396 | allkeys-lfu | large clips kept by how often they are used |
+
+Three Sentinels (26391–26393) watch the three masters (named after their
+family), quorum 2, `down-after-milliseconds` 1000 and `failover-timeout`
+5000 so a test sees a failover within seconds. Every server is Debian's
+`redis-server` (a Sentinel is `redis-server <conf> --sentinel`) on
+127.0.0.1, memory only (`save ""`, no AOF) like the single stack Redis, with
+`repl-diskless-sync-delay 0`: otherwise the first sync waits 5 s, and a
+master killed before its replica synced is never failed over. `up` returns
+once every replica has synced and every Sentinel knows its masters and
+replicas.
+
+Ports are fixed (this is a local stack); `REDIS_SENTINEL_BASE_PORT` is not a
+setting on purpose: the URLs `rpcache stack env` prints name them.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import redis
+
+from streams.redis_targets import KEY_FAMILIES, KeyFamily
+from streams.settings import Settings
+from streams.tools.stack.common import (
+    StackError,
+    file_lock,
+    pid_alive,
+    process_matches,
+    read_pid,
+    require_binary,
+    send_signal,
+    spawn_detached,
+    stack_root,
+    terminate,
+    wait_gone,
+)
+
+INSTALL_HINT = "bash scripts/install-system-deps.sh  (or: apt-get install redis-server)"
+HOST: Final = "127.0.0.1"
+SENTINEL_PORTS: Final = (26391, 26392, 26393)
+QUORUM: Final = 2
+POLICIES: Final[dict[KeyFamily, str]] = {
+    "sessions": "volatile-ttl",
+    "ai": "allkeys-lru",
+    "voice": "allkeys-lfu",
+}
+"""Each family's eviction policy (the design's; `rpcache check` judges a target by it)."""
+MAXMEMORY: Final = "256mb"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One redis-server of the topology (a data node or a Sentinel)."""
+
+    name: str
+    port: int
+    family: KeyFamily | None = None
+    replica_of: int | None = None
+    sentinel: bool = False
+
+
+def data_nodes() -> list[Node]:
+    nodes: list[Node] = []
+    for i, family in enumerate(KEY_FAMILIES):
+        master = 6391 + 2 * i
+        nodes.append(Node(f"{family}-master", master, family))
+        nodes.append(Node(f"{family}-replica", master + 1, family, replica_of=master))
+    return nodes
+
+
+def sentinel_nodes() -> list[Node]:
+    return [Node(f"sentinel-{i}", port, sentinel=True) for i, port in enumerate(SENTINEL_PORTS)]
+
+
+def family_url(family: KeyFamily, db: int = 0) -> str:
+    """The `redis+sentinel://` URL of a family's master/replica set (streams/redis_targets.py)."""
+    hosts = ",".join(f"{HOST}:{port}" for port in SENTINEL_PORTS)
+    return f"redis+sentinel://{hosts}/{family}/{db}"
+
+
+def sentinel_env(db: int = 0) -> dict[str, str]:
+    """The settings that point rpcache at this topology: a target per family."""
+    return {
+        "REDIS_SESSIONS_URL": family_url("sessions", db),
+        "REDIS_AI_URL": family_url("ai", db),
+        "REDIS_VOICE_URL": family_url("voice", db),
+    }
+
+
+class SentinelTopology:
+    """Start, stop, inspect and break the topology (tests kill masters with it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = stack_root(settings) / "redis-sentinel"
+
+    # --- files ----------------------------------------------------------------------
+    def _conf(self, node: Node) -> Path:
+        return self.home / f"{node.name}.conf"
+
+    def _pidfile(self, node: Node) -> Path:
+        return self.home / f"{node.name}.pid"
+
+    def _log(self, node: Node) -> Path:
+        return self.home / f"{node.name}.log"
+
+    def pid(self, node: Node) -> int | None:
+        pid = read_pid(self._pidfile(node))
+        # redis-server sets its process title to "redis-server <bind>:<port> [sentinel]"
+        if pid is None or not pid_alive(pid) or not process_matches(pid, f"{HOST}:{node.port}"):
+            return None
+        return pid
+
+    # --- configs ----------------------------------------------------------------------
+    def _data_config(self, node: Node) -> str:
+        assert node.family is not None
+        lines = [
+            "# Generated by `rpcache stack up --redis sentinel`; edits are overwritten.",
+            f"bind {HOST}",
+            f"port {node.port}",
+            "daemonize no",
+            'logfile ""',
+            f'dir "{self.home}"',
+            f"dbfilename {node.name}.rdb",
+            'save ""',
+            "appendonly no",
+            f"maxmemory {MAXMEMORY}",
+            f"maxmemory-policy {POLICIES[node.family]}",
+            "repl-diskless-sync yes",
+            "repl-diskless-sync-delay 0",
+            "replica-read-only yes",
+        ]
+        if node.replica_of is not None:
+            lines.append(f"replicaof {HOST} {node.replica_of}")
+        return "\n".join(lines) + "\n"
+
+    def _sentinel_config(self, node: Node) -> str:
+        lines = [
+            "# Generated by `rpcache stack up --redis sentinel`; Sentinel rewrites it.",
+            f"bind {HOST}",
+            f"port {node.port}",
+            "daemonize no",
+            'logfile ""',
+            f'dir "{self.home}"',
+        ]
+        for data in data_nodes():
+            if data.replica_of is not None:
+                continue
+            name = data.family
+            lines += [
+                f"sentinel monitor {name} {HOST} {data.port} {QUORUM}",
+                f"sentinel down-after-milliseconds {name} 1000",
+                f"sentinel failover-timeout {name} 5000",
+                f"sentinel parallel-syncs {name} 1",
+            ]
+        return "\n".join(lines) + "\n"
+
+    # --- up / down -------------------------------------------------------------------
+    def up(self, timeout: float = 30.0) -> list[str]:
+        """Start what is not running, wait until synced and watched; notes of what was done."""
+        binary = require_binary("redis-server", INSTALL_HINT)
+        self.home.mkdir(parents=True, exist_ok=True)
+        notes: list[str] = []
+        with file_lock(self.home / ".lock"):
+            for node in [*data_nodes(), *sentinel_nodes()]:
+                if self.pid(node) is not None:
+                    continue
+                config = self._sentinel_config(node) if node.sentinel else self._data_config(node)
+                self._conf(node).write_text(config)
+                argv = [binary, str(self._conf(node))]
+                if node.sentinel:
+                    argv.append("--sentinel")
+                pid = spawn_detached(argv, log=self._log(node), cwd=self.home)
+                self._pidfile(node).write_text(f"{pid}\n")
+                notes.append(f"started {node.name} on {HOST}:{node.port}")
+            self.wait_healthy(timeout)
+        return notes
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every data node answers, each family has one master with a synced
+        replica, and every Sentinel names that master and knows its replica."""
+        deadline = time.monotonic() + timeout
+        problem: str | None = "not checked yet"
+        while time.monotonic() < deadline:
+            problem = self.problem()
+            if problem is None:
+                return
+            time.sleep(0.2)
+        raise StackError(f"the sentinel topology is not healthy after {timeout:.0f} s: {problem}")
+
+    def problem(self) -> str | None:
+        """None when healthy; else the first thing that is not."""
+        for family in KEY_FAMILIES:
+            master = self.master_address(family)
+            if master is None:
+                return f"no Sentinel names a master for {family}"
+            info = _info(master[1], "replication")
+            if info is None:
+                return f"the {family} master {master[0]}:{master[1]} does not answer"
+            if info.get("role") != "master":
+                return f"{family}: {master[1]} is not a master yet"
+            synced = [  # redis-py parses `slave0:ip=…,state=online,…` into a dict
+                v
+                for k, v in info.items()
+                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+            ]
+            if not synced:
+                return f"{family}: no replica of {master[1]} has synced"
+            for port in SENTINEL_PORTS:
+                client = redis.Redis(host=HOST, port=port, socket_timeout=1, decode_responses=True)
+                try:
+                    replicas = client.execute_command(  # type: ignore[no-untyped-call]
+                        "SENTINEL", "REPLICAS", family
+                    )
+                except (redis.RedisError, OSError):
+                    return f"Sentinel {port} does not answer"
+                finally:
+                    client.close()
+                if not replicas:
+                    return f"Sentinel {port} knows no replica of {family} yet"
+        return None
+
+    def master_address(self, family: KeyFamily) -> tuple[str, int] | None:
+        """Where the Sentinels say the family's master is now (the first that answers)."""
+        for port in SENTINEL_PORTS:
+            client = redis.Redis(host=HOST, port=port, socket_timeout=1, decode_responses=True)
+            try:
+                found = client.execute_command(  # type: ignore[no-untyped-call]
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", family
+                )
+            except (redis.RedisError, OSError):
+                continue
+            finally:
+                client.close()
+            if found:
+                return str(found[0]), int(found[1])
+        return None
+
+    def running(self) -> bool:
+        """Every node of the topology is ours and alive."""
+        return all(self.pid(n) is not None for n in [*data_nodes(), *sentinel_nodes()])
+
+    def down(self) -> bool:
+        """Stop every node this stack started; False when none ran."""
+        stopped = False
+        with file_lock(self.home / ".lock"):
+            for node in [*sentinel_nodes(), *data_nodes()]:
+                pid = self.pid(node)
+                if pid is not None:
+                    terminate(pid, 10.0)
+                    stopped = True
+        return stopped
+
+    # --- faults, for the chaos tests ---------------------------------------------------
+    def node_at(self, port: int) -> Node:
+        return next(n for n in [*data_nodes(), *sentinel_nodes()] if n.port == port)
+
+    def kill(self, node: Node) -> None:
+        """SIGKILL one node, as a crash."""
+        pid = self.pid(node)
+        if pid is not None:
+            send_signal([pid], signal.SIGKILL)
+            wait_gone([pid], 10)
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again with its generated configuration (a data node comes
+        back empty: no persistence; Sentinel reconfigures it as a replica if it was
+        failed over)."""
+        binary = require_binary("redis-server", INSTALL_HINT)
+        argv = [binary, str(self._conf(node))]
+        if node.sentinel:
+            argv.append("--sentinel")
+        pid = spawn_detached(argv, log=self._log(node), cwd=self.home)
+        self._pidfile(node).write_text(f"{pid}\n")
+
+
+def _info(port: int, section: str) -> dict[str, object] | None:
+    client = redis.Redis(host=HOST, port=port, socket_timeout=1, decode_responses=True)
+    try:
+        info: dict[str, object] = client.info(section)
+        return info
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()

@@ -1,0 +1,94 @@
+"""Redis targets per key family and their URLs (streams/redis_targets.py, SPEC §8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streams.redis_targets import Target, key_family, parse_target, target_urls
+from streams.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("key", "family"),
+    [
+        ("session:550e8400-e29b-41d4-a716-446655440000", "sessions"),
+        ("user:user123:state", "sessions"),
+        ("metrics:response_time:1m", "sessions"),
+        ("stats:realtime:2026-11-29", "sessions"),
+        ("rpcache:loaded", "sessions"),
+        ("scenario:cafe:context", "sessions"),
+        ("ai_response:125aeadf27b0459b8760c13a3d80912d", "ai"),
+        ("voice:6:65b426ed729984f0146591dcae6c1edc", "voice"),
+    ],
+)
+def test_key_family(key: str, family: str) -> None:
+    assert key_family(key) == family
+
+
+@pytest.mark.parametrize(
+    ("url", "fields"),
+    [
+        ("redis://localhost:6379/0", {"sentinels": (), "db": 0, "tls": False}),
+        ("rediss://u:p@cache:6380/3", {"sentinels": (), "db": 3, "tls": True}),
+        (
+            "redis+sentinel://localhost:26379,localhost:26380/sessions/2",
+            {
+                "sentinels": (("localhost", 26379), ("localhost", 26380)),
+                "master_name": "sessions",
+                "db": 2,
+                "password": None,
+            },
+        ),
+        (
+            "rediss+sentinel://app:s%40cret@s1:26379/voice?sentinel_password=sp",
+            {
+                "sentinels": (("s1", 26379),),
+                "master_name": "voice",
+                "db": 0,
+                "username": "app",
+                "password": "s@cret",
+                "tls": True,
+                "sentinel_password": "sp",
+            },
+        ),
+    ],
+)
+def test_parse_target(url: str, fields: dict[str, Any]) -> None:
+    target = parse_target(url)
+    for name, value in fields.items():
+        assert getattr(target, name) == value, name
+    assert "cret" not in target.describe()
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("memcached://x", "unknown Redis URL scheme"),
+        ("redis+sentinel://s1:26379", "master name"),
+        ("redis+sentinel:///m", "at least one Sentinel"),
+    ],
+)
+def test_bad_target_urls(url: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        parse_target(url)
+
+
+def test_each_family_defaults_to_redis_url() -> None:
+    settings = Settings(
+        redis_url="redis://default:6379/0", redis_voice_url="redis+sentinel://s:26379/voice"
+    )
+    assert target_urls(settings) == {
+        "sessions": "redis://default:6379/0",
+        "ai": "redis://default:6379/0",
+        "voice": "redis+sentinel://s:26379/voice",
+    }
+
+
+def test_family_urls_are_secrets() -> None:
+    settings = Settings(redis_ai_url="redis+sentinel://:pw-1@s:26379/ai?sentinel_password=pw-2")
+    assert "pw-1" in settings.secrets() and "pw-2" in settings.secrets()
+    shown = f"{settings!r} {settings.redacted()}"
+    assert "pw-1" not in shown and "pw-2" not in shown
+    assert isinstance(parse_target(target_urls(settings)["ai"]), Target)

@@ -27,6 +27,7 @@ from streams.observe.alerts import Alert, AlertEngine
 from streams.observe.metrics import PipelineMetrics
 from streams.projections import RedisOp
 from streams.read.rebuild import Announce, RedisWatch
+from streams.redis_targets import RedisTargets
 from streams.retry import until_done
 from streams.security import kafka_options, redis_options
 from streams.settings import Settings
@@ -64,7 +65,20 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     return pool
 
 
+REDIS_CLIENT_OPTIONS: dict[str, float] = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+    "health_check_interval": 10,
+}
+
+
+def open_targets(settings: Settings) -> RedisTargets:
+    """The worker's Redis: a master client per family target (SPEC §8)."""
+    return RedisTargets.from_settings(settings, **REDIS_CLIENT_OPTIONS)
+
+
 def open_redis(settings: Settings) -> Redis:
+    """One client on REDIS_URL (tools that address the default target only)."""
     url = settings.redis_url.get_secret_value()
     return Redis.from_url(
         url,
@@ -80,6 +94,9 @@ class Runtime:
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
+    """The sessions family's master: stats, the data-loss marker, INFO for the alerts."""
+    targets: RedisTargets
+    """Every family's target; the write path sends each key to its own."""
     sessions_family: SessionFamily
     pipelines: dict[str, BatchPipeline]
     """One per topic family (streams/write/registry.py), by family name."""
@@ -97,7 +114,8 @@ class Runtime:
     async def start(cls, settings: Settings, publish: deadletters.Publish) -> Runtime:
         await ensure_topics(settings)
         pool = await open_pool(settings)
-        redis = open_redis(settings)
+        targets = open_targets(settings)
+        redis = targets.masters["sessions"]
         stats = StatsProjector(
             settings.tz, settings.max_concurrent_sessions, settings.stats_refresh_s
         )
@@ -120,7 +138,7 @@ class Runtime:
                 topic_prefix=settings.topic_prefix,
                 consumer_group=settings.app_id,
                 pool=pool,
-                redis=redis,
+                redis=targets,
                 publish=publish,
                 dead_letter_topic=topic_name(settings.topic_prefix, DEAD_LETTER_TOPIC),
                 max_event_bytes=settings.max_event_bytes,
@@ -135,6 +153,7 @@ class Runtime:
             settings=settings,
             pool=pool,
             redis=redis,
+            targets=targets,
             sessions_family=sessions_family,
             pipelines={name: pipeline(handler) for name, handler in families.items()},
             stats=stats,
@@ -164,7 +183,7 @@ class Runtime:
 
         ops = await until_done(persist, max_backoff_s=self.settings.retry_max_backoff_s)
         await until_done(
-            lambda: redis_sink.write(self.redis, ops),
+            lambda: redis_sink.write_by_target(self.targets, ops),
             max_backoff_s=self.settings.retry_max_backoff_s,
         )
         return len(ops)
@@ -179,7 +198,7 @@ class Runtime:
         async with self.pool.acquire() as conn, conn.transaction():
             ops, written = await self.stats.due(conn, now, now_mono)
         if ops:
-            await redis_sink.write(self.redis, ops)
+            await redis_sink.write_by_target(self.targets, ops)
             self.stats.remember(written, now_mono)
         return len(ops)
 
@@ -195,7 +214,7 @@ class Runtime:
     async def close(self) -> None:
         if self._offsets_client is not None:
             await self._offsets_client.stop()
-        await self.redis.aclose()
+        await self.targets.aclose()
         await self.pool.close()
 
 

@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from redis.asyncio import Redis
 
 from schemas.events import Rejection, RejectReason, decode_event
 from streams.errors import is_transient
 from streams.health import ConnectionHealth
 from streams.model import BatchOutcome
 from streams.projections import RedisOp
+from streams.redis_targets import RedisTargets
 from streams.retry import until_done
 from streams.sinks import redis as redis_sink
 from streams.store import postgres as pg
@@ -82,7 +82,7 @@ class BatchPipeline:
         topic_prefix: str,
         consumer_group: str,
         pool: asyncpg.Pool,
-        redis: Redis,
+        redis: RedisTargets,
         publish: deadletters.Publish,
         dead_letter_topic: str,
         max_event_bytes: int,
@@ -98,6 +98,7 @@ class BatchPipeline:
         self.group = consumer_group
         self.pool = pool
         self.redis = redis
+        """Every key family's Redis target (SPEC §8): each op goes to its family's."""
         self.publish = publish
         self.dead_letter_topic = dead_letter_topic
         self.max_event_bytes = max_event_bytes
@@ -279,7 +280,9 @@ class BatchPipeline:
     async def _project(self, ops: list[RedisOp], count_retry: Callable[[], None]) -> None:
         try:
             await until_done(
-                lambda: self.health.track("redis", lambda: redis_sink.write(self.redis, ops)),
+                lambda: self.health.track(
+                    "redis", lambda: redis_sink.write_by_target(self.redis, ops)
+                ),
                 max_backoff_s=self.max_backoff_s,
                 on_retry=count_retry,
             )

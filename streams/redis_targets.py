@@ -229,6 +229,14 @@ class RedisTargets:
 
     async def aclose(self) -> None:
         for _, client in self.distinct():
-            await client.aclose()
+            await close_client(client)
         for replica in {id(r): r for r in self.replicas.values() if r is not None}.values():
-            await replica.aclose()
+            await close_client(replica)
+
+
+async def close_client(client: Redis) -> None:
+    """Close a client, and for a Sentinel-managed one the Sentinel connections too."""
+    await client.aclose()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", []):
+        await sentinel.aclose()

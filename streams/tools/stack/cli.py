@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams.settings import get_settings
 from streams.tools.stack import (
     SERVICE_NAMES,
     Outcome,
@@ -29,6 +30,7 @@ from streams.tools.stack import (
     up,
     verify_secure,
 )
+from streams.tools.stack.sentinel import SentinelTopology, sentinel_env
 
 stack_app = typer.Typer(
     help="The local Kafka, Redis and PostgreSQL used by the demo and the tests.",
@@ -107,12 +109,32 @@ def up_command(
             "accepted. `rpcache stack env --secure` prints their settings.",
         ),
     ] = False,
+    redis_topology: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            help="single: one Redis (REDIS_URL). sentinel: also a master and a replica per "
+            "key family (sessions, ai, voice) with the family's eviction policy, watched by "
+            "three Sentinels; `rpcache stack env` then points each family at its set.",
+        ),
+    ] = "single",
 ) -> None:
     """Start what does not answer yet (reusing what does) and wait until healthy."""
     started = time.monotonic()
     names = _names(services)
+    if redis_topology not in ("single", "sentinel"):
+        raise typer.BadParameter("--redis is single or sentinel")
     try:
         up(names, on_done=_print_outcome)
+        if redis_topology == "sentinel":
+            topology = SentinelTopology(get_settings())
+            for note in topology.up():
+                console.print(f"{'redis':<9} {note}", highlight=False)
+            console.print(
+                f"{'redis':<9} [green]sentinel topology healthy[/]: a master and a synced "
+                "replica per family, three Sentinels",
+                highlight=False,
+            )
     except StackError as exc:
         raise _fail(exc) from exc
     if secure:
@@ -129,8 +151,11 @@ def up_command(
 def down_command(services: ServicesArg = None) -> None:
     """Stop the servers this stack started; leave any other alone."""
     started = time.monotonic()
+    names = _names(services)
     try:
-        stopped = down(_names(services))
+        stopped = down(names)
+        if "redis" in names:
+            stopped["redis (sentinel topology)"] = SentinelTopology(get_settings()).down()
     except StackError as exc:
         raise _fail(exc) from exc
     for name, was_ours in stopped.items():
@@ -168,9 +193,15 @@ def env_command(
         ),
     ] = False,
 ) -> None:
-    """Print `export NAME=value` lines for this stack: eval "$(rpcache stack env)"."""
+    """Print `export NAME=value` lines for this stack: eval "$(rpcache stack env)".
+
+    When the sentinel topology runs (`stack up --redis sentinel`), each key
+    family's URL points at its master/replica set.
+    """
     try:
         env = secure_env() if secure else plain_env()
+        if SentinelTopology(get_settings()).running():
+            env |= sentinel_env()
     except StackError as exc:
         typer.echo(f"stack error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

@@ -1,14 +1,17 @@
-"""The shared vocabulary: state of sessions and users, and what a batch did.
+"""The shared vocabulary: state of sessions and users, cache entries, a day's
+counters and figures, and what a batch did.
 
 Plain dataclasses: the reducers change the state, the PostgreSQL store loads
-and saves it, the projections turn it into Redis values; the pipeline
-reports a `BatchOutcome`, which the metrics read. Nothing here does I/O.
+and saves it (rows in → these types out), the projections turn it into Redis
+values; the pipeline reports a `BatchOutcome`, which the metrics read.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import base64
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -69,3 +72,160 @@ class BatchOutcome:
     """Wall time of the whole batch, retries included."""
     freshness_s: list[float] = field(default_factory=list)
     """occurred_at → projected into Redis, in seconds, of each new event."""
+
+
+# --- cache entries: what a batch writes, what a key projects ---------------------------
+@dataclass(frozen=True, slots=True)
+class AiEntry:
+    """One ai.response of a batch, as the `ai_responses` upsert takes it."""
+
+    prompt_hash: str
+    prompt: str
+    response: str | None
+    provider: str | None
+    model: str | None
+    cached_at: datetime | None
+    source_event_id: str | None
+    uses: int
+    hits: int
+    last_used_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceEntry:
+    """One voice.synthesized of a batch, as the `voice_clips` upsert takes it."""
+
+    speaker_id: int
+    text_hash: str
+    text: str
+    audio: bytes | None
+    audio_format: str | None
+    cached_at: datetime | None
+    source_event_id: str | None
+    uses: int
+    hits: int
+    last_used_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAiResponse:
+    """An `ai_responses` row that holds a response (a miss stored it at `cached_at`):
+    what `ai_response:{H(prompt)}` projects, wherever the row was read."""
+
+    prompt_hash: str
+    response: str
+    provider: str
+    model: str
+    cached_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CachedVoiceClip:
+    """A `voice_clips` row that holds a clip: what `voice:{speaker_id}:{H(text)}` projects.
+
+    `audio_b64` is the value of the key (the base64 the events carry); built by
+    `voice_clip` from a stored row, or from the miss's own event on the hot path.
+    """
+
+    speaker_id: int
+    text_hash: str
+    audio_b64: str
+    cached_at: datetime
+
+
+def voice_clip(
+    speaker_id: int, text_hash: str, audio: bytes | None, cached_at: datetime | None
+) -> CachedVoiceClip | None:
+    """The clip a `voice_clips` row holds, or None: THE voice rule.
+
+    A row is projectable only when it has audio and cached_at (both are set by
+    the miss that stored the clip; a row only hits have touched has neither).
+    The store's statements select with the same rule in SQL
+    (`streams.store.caches.VOICE_HELD`), so a LIMIT counts projectable rows;
+    rows still pass through here, so no reader can project one without it.
+    """
+    if audio is None or cached_at is None:
+        return None
+    return CachedVoiceClip(speaker_id, text_hash, base64.b64encode(audio).decode(), cached_at)
+
+
+@dataclass(frozen=True, slots=True)
+class PopularScenario:
+    """A scenario of many sessions: its latest context, for `scenario:{id}:context`."""
+
+    scenario_id: str
+    sessions: int
+    context: Any
+    """The latest non-null conversation_context (JSON), `{}` when none."""
+
+
+# --- a business day: its counters and its figures ------------------------------------
+SESSIONS_STARTED = "sessions_started"
+"""daily_counters name behind total_sessions_today."""
+AI_HITS = "ai_hits"
+AI_MISSES = "ai_misses"
+AI_FAILED = "ai_failed"
+AI_LATENCY_US = "ai_latency_us"
+"""Sum of ai.response latency in microseconds (integer, exact to add)."""
+VOICE_HITS = "voice_hits"
+VOICE_MISSES = "voice_misses"
+VOICE_FAILED = "voice_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DayCounters:
+    """One business day of `daily_counters` (a counter without a row is 0).
+
+    The field names are the counter names above (the reducers add to them).
+    """
+
+    sessions_started: int = 0
+    ai_hits: int = 0
+    ai_misses: int = 0
+    ai_failed: int = 0
+    ai_latency_us: int = 0
+    voice_hits: int = 0
+    voice_misses: int = 0
+    voice_failed: int = 0
+
+    @classmethod
+    def of(cls, values: Mapping[str, int]) -> DayCounters:
+        """From name → value (the table's rows); a name not listed here is ignored."""
+        return cls(**{name: values[name] for name in COUNTER_NAMES if name in values})
+
+
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DayCounters))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheDay:
+    """A day's lookups of one cache (`ai` or `voice`)."""
+
+    hits: int
+    misses: int
+    lookups: int
+    hit_rate: float
+    """hits / lookups, 0.0 without lookups."""
+
+
+@dataclass(frozen=True, slots=True)
+class DayFigures:
+    """A business day's figures (SPEC §4 stats; README defines each).
+
+    Computed from `DayCounters` by one function, `streams.projections.day_figures`,
+    and read by every figure shown: the `stats:realtime:{day}` hash, `/metrics`,
+    `/dashboard` and the alert rules.
+    """
+
+    day: date
+    sessions_started: int
+    ai: CacheDay
+    voice: CacheDay
+    avg_response_ms: float
+    """Mean latency_ms of the day's ai.response events, hits and misses."""
+    error_rate: float
+    """Failed / all inference and synthesis events."""
+    active_sessions: int | None = None
+    """A gauge of now: known for today only (None for other days)."""
+    system_load: float | None = None
+    """active_sessions / capacity (MAX_CONCURRENT_SESSIONS), with active_sessions."""

@@ -8,10 +8,11 @@ An expiry already in the past becomes a delete.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -35,18 +36,18 @@ from schemas.keys import (
     user_state_key,
     voice_key_for_hash,
 )
-from streams.model import SessionState, UserState
-from streams.reducers.caches import (
-    AI_FAILED,
-    AI_HITS,
-    AI_LATENCY_US,
-    AI_MISSES,
-    VOICE_FAILED,
-    VOICE_HITS,
-    VOICE_MISSES,
-    LatencyPoint,
+from streams.model import (
+    CachedAiResponse,
+    CacheDay,
+    CachedVoiceClip,
+    DayCounters,
+    DayFigures,
+    PopularScenario,
+    SessionState,
+    UserState,
 )
-from streams.reducers.sessions import SESSIONS_STARTED
+from streams.reducers.caches import LatencyPoint
+from streams.reducers.sessions import business_day
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +122,14 @@ def project_session(session: SessionState, now: datetime) -> RedisOp:
     return _hash(key, fields, expiry(session.last_activity, SESSION_TTL, now), now)
 
 
+def user_day(user: UserState, tz: ZoneInfo) -> tuple[str, date]:
+    """The (user, business day) whose started sessions `user:{id}:state` shows: the
+    day of last_seen. Every caller of `project_user` looks its count up by this."""
+    return user.user_id, business_day(user.last_seen, tz)
+
+
 def project_user(user: UserState, sessions_today: int, quota: int, now: datetime) -> RedisOp:
-    """`user:{id}:state`; `sessions_today` is for the business day of last_seen."""
+    """`user:{id}:state`; `sessions_today` is for `user_day(user)`."""
     fields = {
         "current_session_id": user.current_session_id or "",
         "last_login": format_utc(user.last_login) if user.last_login else "",
@@ -150,48 +157,40 @@ def _number_text(value: int | float) -> str:
 
 
 def project_ai_response(
-    prompt_hash: str,
-    response: str,
-    provider: str,
-    model: str,
-    cached_at: datetime,
-    now: datetime,
-    ttl_from: datetime | None = None,
+    row: CachedAiResponse, now: datetime, ttl_from: datetime | None = None
 ) -> RedisOp:
     """`ai_response:{H(prompt)}`: the JSON of SPEC §4, 1 h after the miss that cached it.
 
     `ttl_from` starts the hour elsewhere (warm-up loads popular entries afresh).
     """
-    key = ai_response_key_for_hash(prompt_hash)
-    expires = expiry(ttl_from or cached_at, AI_RESPONSE_TTL, now)
+    key = ai_response_key_for_hash(row.prompt_hash)
+    expires = expiry(ttl_from or row.cached_at, AI_RESPONSE_TTL, now)
     if expires <= now:
         return Delete(key)
     value = orjson.dumps(
         {
-            "prompt_hash": prompt_hash,
-            "response": response,
-            "provider": provider,
-            "model": model,
-            "cached_at": format_utc(cached_at),
+            "prompt_hash": row.prompt_hash,
+            "response": row.response,
+            "provider": row.provider,
+            "model": row.model,
+            "cached_at": format_utc(row.cached_at),
         }
     ).decode()
     return StringWrite(key, value, epoch_ms(expires))
 
 
 def project_voice(
-    speaker_id: int,
-    text_hash: str,
-    audio_b64: str,
-    cached_at: datetime,
-    now: datetime,
-    ttl_from: datetime | None = None,
+    clip: CachedVoiceClip, now: datetime, ttl_from: datetime | None = None
 ) -> RedisOp:
-    """`voice:{speaker_id}:{H(text)}` = the base64 audio, 24 h after the miss."""
-    key = voice_key_for_hash(speaker_id, text_hash)
-    expires = expiry(ttl_from or cached_at, VOICE_TTL, now)
+    """`voice:{speaker_id}:{H(text)}` = the base64 audio, 24 h after the miss.
+
+    Only a held clip has a value: rows become clips through `model.voice_clip`.
+    """
+    key = voice_key_for_hash(clip.speaker_id, clip.text_hash)
+    expires = expiry(ttl_from or clip.cached_at, VOICE_TTL, now)
     if expires <= now:
         return Delete(key)
-    return StringWrite(key, audio_b64, epoch_ms(expires))
+    return StringWrite(key, clip.audio_b64, epoch_ms(expires))
 
 
 def project_latencies(points: Iterable[LatencyPoint], now: datetime) -> list[RedisOp]:
@@ -217,42 +216,72 @@ def project_latencies(points: Iterable[LatencyPoint], now: datetime) -> list[Red
     return ops
 
 
-def stats_fields(
-    counters: dict[str, int], active_sessions: int | None, capacity: int
-) -> dict[str, int | float]:
-    """Every field of `stats:realtime:{day}` from the day's counters (README defines each).
+def day_figures(
+    day: date, counters: DayCounters, active_sessions: int | None, capacity: int
+) -> DayFigures:
+    """Every figure of a business day from its counters: the one place they are computed.
 
-    `active_sessions` is a gauge of now: given for today's key only, and with
-    it system_load = active_sessions / capacity.
+    `active_sessions` is a gauge of now: given for today only, and with it
+    system_load = active_sessions / capacity. The stats hash (`stats_fields`),
+    `/metrics`, `/dashboard` and the alert rules all read what this returns.
     """
-    c = counters.get
-    ai_responses = c(AI_HITS, 0) + c(AI_MISSES, 0)
-    voice = c(VOICE_HITS, 0) + c(VOICE_MISSES, 0)
-    failed = c(AI_FAILED, 0) + c(VOICE_FAILED, 0)
-    fields: dict[str, int | float] = {
-        "total_sessions_today": c(SESSIONS_STARTED, 0),
-        "avg_response_time": _ratio(c(AI_LATENCY_US, 0) / 1000, ai_responses),
-        "error_rate": _ratio(failed, ai_responses + voice + failed),
-        "ai_cache_hit_rate": _ratio(c(AI_HITS, 0), ai_responses),
-        "voice_cache_hit_rate": _ratio(c(VOICE_HITS, 0), voice),
+    c = counters
+    ai_responses = c.ai_hits + c.ai_misses
+    voice = c.voice_hits + c.voice_misses
+    failed = c.ai_failed + c.voice_failed
+    return DayFigures(
+        day=day,
+        sessions_started=c.sessions_started,
+        ai=CacheDay(c.ai_hits, c.ai_misses, ai_responses, _ratio(c.ai_hits, ai_responses)),
+        voice=CacheDay(c.voice_hits, c.voice_misses, voice, _ratio(c.voice_hits, voice)),
+        avg_response_ms=_ratio(c.ai_latency_us / 1000, ai_responses),
+        error_rate=_ratio(failed, ai_responses + voice + failed),
+        active_sessions=active_sessions,
+        system_load=None if active_sessions is None else active_sessions / capacity,
+    )
+
+
+def figures_of_days(
+    counters: Mapping[date, DayCounters], today: date, active_sessions: int, capacity: int
+) -> dict[date, DayFigures]:
+    """`day_figures` of each day; the gauge of now (active sessions) is today's only."""
+    return {
+        day: day_figures(day, c, active_sessions if day == today else None, capacity)
+        for day, c in counters.items()
     }
-    if active_sessions is not None:
-        fields["active_sessions"] = active_sessions
-        fields["system_load"] = active_sessions / capacity
-    return fields
 
 
 def _ratio(part: float, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def project_scenario_context(
-    scenario_id: str, context: dict[str, Any], sessions: int, now: datetime
-) -> RedisOp:
+def stats_fields(figures: DayFigures) -> dict[str, int | float]:
+    """Every field of `stats:realtime:{day}`: the day's figures under SPEC §4's names.
+
+    active_sessions and system_load only when the figures have them (today).
+    """
+    fields: dict[str, int | float] = {
+        "total_sessions_today": figures.sessions_started,
+        "avg_response_time": figures.avg_response_ms,
+        "error_rate": figures.error_rate,
+        "ai_cache_hit_rate": figures.ai.hit_rate,
+        "voice_cache_hit_rate": figures.voice.hit_rate,
+    }
+    if figures.active_sessions is not None and figures.system_load is not None:
+        fields["active_sessions"] = figures.active_sessions
+        fields["system_load"] = figures.system_load
+    return fields
+
+
+def project_scenario_context(scenario: PopularScenario, now: datetime) -> RedisOp:
     """`scenario:{id}:context`: a popular scenario's latest context, loaded by warm-up."""
     value = orjson.dumps(
-        {"scenario_id": scenario_id, "conversation_context": context, "sessions": sessions}
+        {
+            "scenario_id": scenario.scenario_id,
+            "conversation_context": scenario.context,
+            "sessions": scenario.sessions,
+        }
     ).decode()
     return StringWrite(
-        scenario_context_key(scenario_id), value, epoch_ms(now + SCENARIO_CONTEXT_TTL)
+        scenario_context_key(scenario.scenario_id), value, epoch_ms(now + SCENARIO_CONTEXT_TTL)
     )

@@ -31,12 +31,13 @@ from redis.asyncio import Redis
 
 from schemas.messages import AlertLevel, AlertMessage, AlertState
 from streams.health import ConnectionHealth
-from streams.model import Publish
-from streams.projections import stats_fields
-from streams.reducers.caches import AI_HITS, AI_MISSES, VOICE_HITS, VOICE_MISSES
+from streams.model import DayFigures, Publish
+from streams.projections import day_figures
 from streams.reducers.sessions import business_day
 from streams.settings import Settings
+from streams.store import alerts as alert_store
 from streams.store import postgres as pg
+from streams.store.alerts import AlertLogEntry
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ class Alert:
     def to_json(self) -> bytes:
         return self.message().to_json()
 
+    def log_entry(self) -> AlertLogEntry:
+        """Its `alert_log` row."""
+        return AlertLogEntry(
+            self.rule, self.state, self.level, self.metric, self.value, self.threshold, self.time
+        )
+
 
 def rules(settings: Settings) -> list[Rule]:
     return [
@@ -109,6 +116,18 @@ def rules(settings: Settings) -> list[Rule]:
         Rule("connected_clients_high", "redis_connected_clients", "WARNING", ">=",
              settings.alert_connected_clients_max),
     ]  # fmt: skip
+
+
+def day_readings(figures: DayFigures, min_samples: int) -> dict[str, Reading]:
+    """The readings of today's figures (`projections.day_figures`, as the stats hash and
+    the dashboard show them); a rate needs `min_samples` lookups to be judged."""
+    return {
+        "ai_cache_hit_rate": Reading(figures.ai.hit_rate, figures.ai.lookups >= min_samples),
+        "voice_cache_hit_rate": Reading(
+            figures.voice.hit_rate, figures.voice.lookups >= min_samples
+        ),
+        "avg_response_time": Reading(figures.avg_response_ms, figures.ai.lookups >= min_samples),
+    }
 
 
 def transitions(
@@ -181,8 +200,7 @@ class AlertEngine:
             rate, attempts >= self.settings.alert_min_samples
         )
         async with self.pool.acquire() as conn:
-            state = {r["rule"]: r["firing"] for r in await conn.fetch(
-                "SELECT rule, firing FROM alert_state")}  # fmt: skip
+            state = await alert_store.firing_by_rule(conn)
         alerts = transitions(self.rules, readings, state, now)
         for alert in alerts:
             await self.announce(alert)
@@ -192,15 +210,8 @@ class AlertEngine:
         today = business_day(now, self.settings.tz)
         async with self.pool.acquire() as conn:
             counters = (await pg.day_counters(conn, [today]))[today]
-        fields = stats_fields(counters, None, self.settings.max_concurrent_sessions)
-        enough = self.settings.alert_min_samples
-        ai = counters.get(AI_HITS, 0) + counters.get(AI_MISSES, 0)
-        voice = counters.get(VOICE_HITS, 0) + counters.get(VOICE_MISSES, 0)
-        return {
-            "ai_cache_hit_rate": Reading(float(fields["ai_cache_hit_rate"]), ai >= enough),
-            "voice_cache_hit_rate": Reading(float(fields["voice_cache_hit_rate"]), voice >= enough),
-            "avg_response_time": Reading(float(fields["avg_response_time"]), ai >= enough),
-        }
+        figures = day_figures(today, counters, None, self.settings.max_concurrent_sessions)
+        return day_readings(figures, self.settings.alert_min_samples)
 
     async def _redis_readings(self) -> dict[str, Reading]:
         try:
@@ -223,16 +234,5 @@ class AlertEngine:
             alert.level, alert.rule, alert.state, alert.metric, alert.value, alert.threshold,
         )  # fmt: skip
         await self.publish(self.topic, alert.rule.encode(), alert.to_json())
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO alert_state (rule, firing, since) VALUES ($1, $2, $3)"
-                " ON CONFLICT (rule) DO UPDATE"
-                " SET firing = EXCLUDED.firing, since = EXCLUDED.since",
-                alert.rule, alert.state == "firing", alert.time,
-            )  # fmt: skip
-            await conn.execute(
-                "INSERT INTO alert_log (rule, state, level, metric, value, threshold, at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                alert.rule, alert.state, alert.level, alert.metric, alert.value,
-                alert.threshold, alert.time,
-            )  # fmt: skip
+        async with self.pool.acquire() as conn:
+            await alert_store.record(conn, alert.log_entry())

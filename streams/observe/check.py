@@ -32,6 +32,7 @@ from streams.observe import heartbeat
 from streams.observe.heartbeat import Heartbeat, child_worker_ids
 from streams.security import kafka_options, redis_options
 from streams.settings import Settings
+from streams.store import heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ async def check_postgres(
             **asyncpg_options(settings),
         )
         try:
-            version = await conn.fetchval("SHOW server_version")
+            version = await heartbeats.server_version(conn)
             for worker_id in worker_ids:
                 try:
                     beats[worker_id] = await heartbeat.read(conn, settings.app_id, worker_id)

@@ -1,4 +1,5 @@
-"""The worker's heartbeat: a row in PostgreSQL `worker_heartbeats`, and reading it back.
+"""The worker's heartbeat: a row in PostgreSQL `worker_heartbeats`, and reading it back
+(the statements and the `Heartbeat` row: `streams.store.heartbeats`).
 
 Why PostgreSQL rather than a file: `rpcache check` runs wherever an operator
 or an orchestrator runs it (docker-compose runs it inside the worker's
@@ -18,40 +19,32 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from streams.settings import Settings
+from streams.store import heartbeats
+from streams.store.heartbeats import Heartbeat, read, workers
 from streams.store.postgres import Connection
+
+__all__ = [
+    "STARTED_AT",
+    "Heartbeat",
+    "beat",
+    "child_worker_id",
+    "child_worker_ids",
+    "read",
+    "stopped",
+    "workers",
+]
 
 STARTED_AT = datetime.now(UTC)
 """When this process started (imported at worker start)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    worker_id: str
-    host: str
-    pid: int
-    web_port: int | None
-    started_at: datetime
-    beat_at: datetime
-    stopped_at: datetime | None
-    age_s: float
-    """Seconds since beat_at, by PostgreSQL's clock."""
-    starting: bool = False
-    """Written at start and not consuming yet (no partition assignment so far)."""
-
-
 async def beat(conn: Connection, settings: Settings, *, starting: bool = False) -> None:
     """Record that this worker is alive now (and whether it is still starting)."""
-    await conn.execute(
-        "INSERT INTO worker_heartbeats"
-        " (app_id, worker_id, host, pid, web_port, started_at, beat_at, stopped_at, starting)"
-        " VALUES ($1, $2, $3, $4, $5, $6, now(), NULL, $7)"
-        " ON CONFLICT (app_id, worker_id) DO UPDATE SET host = EXCLUDED.host,"
-        " pid = EXCLUDED.pid, web_port = EXCLUDED.web_port, started_at = EXCLUDED.started_at,"
-        " beat_at = now(), stopped_at = NULL, starting = EXCLUDED.starting",
+    await heartbeats.beat(
+        conn,
         settings.app_id,
         settings.worker_id,
         socket.gethostname(),
@@ -64,30 +57,7 @@ async def beat(conn: Connection, settings: Settings, *, starting: bool = False) 
 
 async def stopped(conn: Connection, settings: Settings) -> None:
     """A clean stop: the check then says "stopped" instead of "stale"."""
-    await conn.execute(
-        "UPDATE worker_heartbeats SET stopped_at = now()"
-        " WHERE app_id = $1 AND worker_id = $2 AND pid = $3",
-        settings.app_id,
-        settings.worker_id,
-        os.getpid(),
-    )
-
-
-_SELECT = (
-    "SELECT worker_id, host, pid, web_port, started_at, beat_at, stopped_at,"
-    " extract(epoch FROM now() - beat_at)::float8 AS age_s, starting FROM worker_heartbeats"
-)
-
-
-async def read(conn: Connection, app_id: str, worker_id: str) -> Heartbeat | None:
-    row = await conn.fetchrow(f"{_SELECT} WHERE app_id = $1 AND worker_id = $2", app_id, worker_id)
-    return None if row is None else Heartbeat(**dict(row))
-
-
-async def workers(conn: Connection, app_id: str) -> list[Heartbeat]:
-    """Every worker of the group that ever beat, the latest first."""
-    rows = await conn.fetch(f"{_SELECT} WHERE app_id = $1 ORDER BY beat_at DESC", app_id)
-    return [Heartbeat(**dict(r)) for r in rows]
+    await heartbeats.stopped(conn, settings.app_id, settings.worker_id, os.getpid())
 
 
 def child_worker_id(worker_id: str, index: int) -> str:

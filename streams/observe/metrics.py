@@ -27,7 +27,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from schemas.keys import TOPIC_FAMILIES
 from streams.health import ConnectionHealth
-from streams.model import BatchOutcome
+from streams.model import BatchOutcome, DayFigures
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, understood by every Prometheus version."""
@@ -239,22 +239,6 @@ class PipelineMetrics:
 
 # --- what is read when someone looks ------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class CacheFigures:
-    """Today's lookups of one cache (`ai` or `voice`), from PostgreSQL counters."""
-
-    hits: int
-    misses: int
-
-    @property
-    def lookups(self) -> int:
-        return self.hits + self.misses
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class RedisFigures:
     used_memory: int
     maxmemory: int
@@ -275,25 +259,13 @@ class AlertFigure:
     since: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class DayFigures:
-    """Today's stats (the `stats:realtime:{day}` fields), from PostgreSQL."""
-
-    day: date
-    caches: dict[str, CacheFigures]
-    avg_response_ms: float
-    error_rate: float
-    active_sessions: int
-    sessions_today: int
-    system_load: float
-
-
 @dataclass(slots=True)
 class Snapshot:
     """Figures of other systems at `taken_at`; a part is None when its source failed."""
 
     taken_at: datetime
     day: DayFigures | None = None
+    """Today's figures (`projections.day_figures`: the stats hash's and the alerts')."""
     latency: dict[tuple[str, str], LatencySummary] = field(default_factory=dict)
     """(metric, window) → summary of `metrics:{metric}:{window}`."""
     lag: dict[tuple[str, int], int] | None = None
@@ -363,7 +335,7 @@ def _day_metrics(day: DayFigures) -> Iterable[GaugeMetricFamily]:
     lookups = GaugeMetricFamily(
         "rpcache_cache_lookups_today", "Today's hits + misses per cache.", labels=["cache"]
     )
-    for cache, figures in sorted(day.caches.items()):
+    for cache, figures in (("ai", day.ai), ("voice", day.voice)):
         rate.add_metric([cache], figures.hit_rate)
         hits.add_metric([cache], figures.hits)
         lookups.add_metric([cache], figures.lookups)
@@ -378,19 +350,23 @@ def _day_metrics(day: DayFigures) -> Iterable[GaugeMetricFamily]:
         "Today's failed / all inference and synthesis events.",
         value=day.error_rate,
     )
+    if day.active_sessions is not None:
+        yield GaugeMetricFamily(
+            "rpcache_active_sessions",
+            "Sessions neither ended nor idle for 30 minutes.",
+            value=day.active_sessions,
+        )
     yield GaugeMetricFamily(
-        "rpcache_active_sessions",
-        "Sessions neither ended nor idle for 30 minutes.",
-        value=day.active_sessions,
+        "rpcache_sessions_started_today",
+        "session.started events today.",
+        value=day.sessions_started,
     )
-    yield GaugeMetricFamily(
-        "rpcache_sessions_started_today", "session.started events today.", value=day.sessions_today
-    )
-    yield GaugeMetricFamily(
-        "rpcache_system_load",
-        "active_sessions / MAX_CONCURRENT_SESSIONS.",
-        value=day.system_load,
-    )
+    if day.system_load is not None:
+        yield GaugeMetricFamily(
+            "rpcache_system_load",
+            "active_sessions / MAX_CONCURRENT_SESSIONS.",
+            value=day.system_load,
+        )
 
 
 def _latency_metrics(

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -40,12 +41,11 @@ from schemas.keys import (
     topic_name,
 )
 from streams.health import ConnectionHealth
+from streams.model import DayFigures
 from streams.observe import heartbeat
 from streams.observe.alerts import AlertEngine
 from streams.observe.metrics import (
     AlertFigure,
-    CacheFigures,
-    DayFigures,
     HealthCollector,
     LatencySummary,
     PipelineMetrics,
@@ -54,12 +54,13 @@ from streams.observe.metrics import (
     SnapshotCollector,
     latency_summary,
 )
-from streams.projections import stats_fields
-from streams.reducers.caches import AI_HITS, AI_MISSES, VOICE_HITS, VOICE_MISSES
+from streams.projections import day_figures
 from streams.reducers.sessions import business_day
 from streams.security import kafka_options
 from streams.settings import Settings
+from streams.store import alerts as alert_store
 from streams.store import postgres as pg
+from streams.store.alerts import RuleState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,48 +169,29 @@ class Monitor:
         async with self.runtime.pool.acquire() as conn:
             counters = (await pg.day_counters(conn, [today]))[today]
             active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
-            state = await conn.fetch(
-                "SELECT s.rule, s.firing, s.since, (SELECT l.level FROM alert_log l"
-                " WHERE l.rule = s.rule ORDER BY l.id DESC LIMIT 1) AS level FROM alert_state s"
-            )
-            history = await conn.fetch(
-                "SELECT rule, state, level, metric, value, threshold, at FROM alert_log"
-                " ORDER BY id DESC LIMIT $1",
-                HISTORY_ROWS,
-            )
+            state = await alert_store.rule_states(conn)
+            history = await alert_store.latest_alerts(conn, HISTORY_ROWS)
             self._workers = await heartbeat.workers(conn, settings.app_id)
         positions = await pg.last_offsets(self.runtime.pool, settings.app_id)
-        fields = stats_fields(counters, active, settings.max_concurrent_sessions)
-        day = DayFigures(
-            day=today,
-            caches={
-                "ai": CacheFigures(counters.get(AI_HITS, 0), counters.get(AI_MISSES, 0)),
-                "voice": CacheFigures(counters.get(VOICE_HITS, 0), counters.get(VOICE_MISSES, 0)),
-            },
-            avg_response_ms=float(fields["avg_response_time"]),
-            error_rate=float(fields["error_rate"]),
-            active_sessions=active,
-            sessions_today=int(fields["total_sessions_today"]),
-            system_load=float(fields["system_load"]),
-        )
-        self._history = [{**dict(r), "at": format_utc(r["at"])} for r in history]  # newest first
+        day = day_figures(today, counters, active, settings.max_concurrent_sessions)
+        self._history = [{**asdict(e), "at": format_utc(e.at)} for e in history]  # newest first
         return day, self._alerts(state), positions
 
-    def _alerts(self, state: list[Any]) -> list[AlertFigure]:
+    def _alerts(self, state: list[RuleState]) -> list[AlertFigure]:
         """Every rule of the design (firing or not), plus any other rule in alert_state."""
-        rows = {r["rule"]: r for r in state}
+        rows = {r.rule: r for r in state}
         out = [
             AlertFigure(
                 rule.name,
                 rule.level,
-                bool(rows[rule.name]["firing"]) if rule.name in rows else False,
-                rows[rule.name]["since"] if rule.name in rows else None,
+                rows[rule.name].firing if rule.name in rows else False,
+                rows[rule.name].since if rule.name in rows else None,
             )
             for rule in self.runtime.alerts.rules
         ]
         known = {a.rule for a in out}
         out += [
-            AlertFigure(name, r["level"] or "WARNING", bool(r["firing"]), r["since"])
+            AlertFigure(name, r.level or "WARNING", r.firing, r.since)
             for name, r in sorted(rows.items())
             if name not in known
         ]
@@ -386,18 +368,19 @@ def _utc(moment: datetime | None) -> str | None:
 
 
 def _day_json(day: DayFigures | None) -> dict[str, Any] | None:
+    """Today's figures as `/dashboard.json` shows them (the stats hash's, `day_figures`)."""
     if day is None:
         return None
     return {
         "day": day.day.isoformat(),
         **{
             cache: {"hits": f.hits, "misses": f.misses, "hit_rate": f.hit_rate}
-            for cache, f in day.caches.items()
+            for cache, f in (("ai", day.ai), ("voice", day.voice))
         },
         "avg_response_ms": day.avg_response_ms,
         "error_rate": day.error_rate,
         "active_sessions": day.active_sessions,
-        "sessions_today": day.sessions_today,
+        "sessions_today": day.sessions_started,
         "system_load": day.system_load,
     }
 

@@ -1,17 +1,20 @@
 """What a Redis key should hold, recomputed from PostgreSQL.
 
-One function per key family, each returning the `RedisOp` the worker would
-write now (a `Delete` once the key's TTL has run out), built with the same
-projection functions as the worker. The read library uses them for its
-PostgreSQL fallback and read-through; replay and warm-up use the bulk forms.
+One function per key kind turns rows into values (`_session_ops`, `_user_ops`,
+`_ai_ops`, `_voice_ops`, `_latency_ops`, `_stats_ops`), each built on the
+projection the worker uses, from the row types the store returns to the
+worker too; single keys (the read library's PostgreSQL fallback and
+read-through) and the bulk forms (replay, the automatic rebuild) both go
+through them. A key's op is what the worker would write now: a `Delete` once
+its TTL has run out, or when PostgreSQL holds nothing for it.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -22,9 +25,11 @@ from schemas.keys import (
     user_state_key,
     voice_key_for_hash,
 )
+from streams.model import CachedAiResponse, CachedVoiceClip, SessionState, UserState
 from streams.projections import (
     Delete,
     RedisOp,
+    figures_of_days,
     project_ai_response,
     project_latencies,
     project_session,
@@ -32,53 +37,98 @@ from streams.projections import (
     project_user,
     project_voice,
     stats_fields,
+    user_day,
 )
 from streams.reducers.caches import LatencyPoint, latency_member
 from streams.reducers.sessions import business_day
 from streams.settings import Settings
+from streams.store import caches, reads
 from streams.store import postgres as pg
 from streams.store.postgres import Connection
+from streams.store.reads import StatsWrite, StoredLatency
 
 
+# --- one function per key kind: rows → the values to write -------------------------
+async def _session_ops(
+    conn: Connection, settings: Settings, sessions: list[SessionState], now: datetime
+) -> list[RedisOp]:
+    return [project_session(s, now) for s in sessions]
+
+
+async def _user_ops(
+    conn: Connection, settings: Settings, users: list[UserState], now: datetime
+) -> list[RedisOp]:
+    started = await pg.user_day_started(conn, {user_day(u, settings.tz) for u in users})
+    quota = settings.daily_session_quota
+    return [project_user(u, started.get(user_day(u, settings.tz), 0), quota, now) for u in users]
+
+
+async def _ai_ops(
+    conn: Connection, settings: Settings, rows: list[CachedAiResponse], now: datetime
+) -> list[RedisOp]:
+    return [project_ai_response(r, now) for r in rows]
+
+
+async def _voice_ops(
+    conn: Connection, settings: Settings, clips: list[CachedVoiceClip], now: datetime
+) -> list[RedisOp]:
+    return [project_voice(c, now) for c in clips]
+
+
+async def _latency_ops(
+    conn: Connection, settings: Settings, rows: list[StoredLatency], now: datetime
+) -> list[RedisOp]:
+    points = [
+        LatencyPoint(
+            "response_time" if r.type == "ai.response" else "synthesis_time",
+            r.occurred_at,
+            latency_member(r.latency_ms, r.event_id),
+        )
+        for r in rows
+    ]
+    return project_latencies(points, now)
+
+
+async def _stats_ops(
+    conn: Connection, settings: Settings, rows: list[StatsWrite], now: datetime
+) -> list[RedisOp]:
+    """Each day's hash as the stats writer computes it, expiring 24 h after its last write."""
+    counters = await pg.day_counters(conn, [r.day for r in rows])
+    active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
+    figures = figures_of_days(
+        counters, business_day(now, settings.tz), active, settings.max_concurrent_sessions
+    )
+    return [project_stats(r.day, stats_fields(figures[r.day]), r.written_at, now) for r in rows]
+
+
+# --- single keys: the read library ---------------------------------------------------
 async def session_op(conn: Connection, session_id: str, now: datetime) -> RedisOp:
-    sessions = await pg.load_sessions(conn, [session_id])
-    session = sessions.get(session_id)
+    session = (await pg.load_sessions(conn, [session_id])).get(session_id)
     if session is None:
         return Delete(session_key(session_id))
     return project_session(session, now)
 
 
 async def user_op(conn: Connection, settings: Settings, user_id: str, now: datetime) -> RedisOp:
-    users = await pg.load_users(conn, [user_id])
-    user = users.get(user_id)
+    user = (await pg.load_users(conn, [user_id])).get(user_id)
     if user is None:
         return Delete(user_state_key(user_id))
-    day = business_day(user.last_seen, settings.tz)
-    started = await pg.user_day_started(conn, [(user_id, day)])
-    return project_user(user, started.get((user_id, day), 0), settings.daily_session_quota, now)
+    (op,) = await _user_ops(conn, settings, [user], now)
+    return op
 
 
 async def ai_response_op(conn: Connection, prompt_hash: str, now: datetime) -> RedisOp:
-    rows = await pg.ai_entries(conn, [prompt_hash])
+    rows = await caches.ai_responses(conn, [prompt_hash])
     if not rows:
         return Delete(ai_response_key_for_hash(prompt_hash))
-    r = rows[0]
-    return project_ai_response(
-        r["prompt_hash"], r["response"], r["provider"], r["model"], r["cached_at"], now
-    )
+    return project_ai_response(rows[0], now)
 
 
 async def voice_op(conn: Connection, speaker_id: int, text_hash: str, now: datetime) -> RedisOp:
-    row = await conn.fetchrow(
-        "SELECT audio, cached_at FROM voice_clips"
-        " WHERE speaker_id = $1 AND text_hash = $2 AND cached_at IS NOT NULL",
-        speaker_id,
-        text_hash,
-    )
-    if row is None or row["audio"] is None:
+    clip = await caches.voice_clip_of(conn, speaker_id, text_hash)
+    if clip is None:
         return Delete(voice_key_for_hash(speaker_id, text_hash))
-    audio_b64 = base64.b64encode(row["audio"]).decode()
-    return project_voice(speaker_id, text_hash, audio_b64, row["cached_at"], now)
+    return project_voice(clip, now)
 
 
 # --- bulk: every key of a family, for replay and the automatic rebuild -------------
@@ -97,149 +147,44 @@ class Chunk:
     expired: int
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class _Bulk(Generic[R]):
+    """A family's rows (a store cursor: since, now) and its key kind's function."""
+
+    rows: Callable[[Connection, datetime | None, datetime], AsyncIterator[R]]
+    ops: Callable[[Connection, Settings, list[R], datetime], Awaitable[list[RedisOp]]]
+
+
+_BULK: dict[str, _Bulk[Any]] = {
+    "sessions": _Bulk(reads.open_sessions, _session_ops),
+    "users": _Bulk(reads.users_seen, _user_ops),
+    "ai": _Bulk(caches.all_ai_responses, _ai_ops),
+    "voice": _Bulk(caches.all_voice_clips, _voice_ops),
+    "metrics": _Bulk(reads.latencies, _latency_ops),
+    "stats": _Bulk(reads.stats_writes, _stats_ops),
+}
+
+
 async def family_chunks(
     pool: asyncpg.Pool, settings: Settings, family: str, since: datetime | None, now: datetime
 ) -> AsyncIterator[Chunk]:
     """Every key of `family` PostgreSQL can recompute, most used first for caches."""
-    query, build = _BULK[family]
+    bulk = _BULK[family]
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        cursor = conn.cursor(query, since, now)
-        rows: list[asyncpg.Record] = []
-        async for row in cursor:
+        rows: list[Any] = []
+        async for row in bulk.rows(conn, since, now):
             rows.append(row)
             if len(rows) == CHUNK:
-                yield await build(conn, settings, family, rows, now)
+                yield _split(family, await bulk.ops(conn, settings, rows, now))
                 rows = []
         if rows:
-            yield await build(conn, settings, family, rows, now)
+            yield _split(family, await bulk.ops(conn, settings, rows, now))
 
 
 def _split(family: str, ops: list[RedisOp]) -> Chunk:
+    """The ops to write, and how many keys are expired (not recreated)."""
     live: list[RedisOp] = [op for op in ops if not isinstance(op, Delete)]
     return Chunk(family, live, len(ops) - len(live))
-
-
-async def _sessions(
-    conn: Connection, settings: Settings, family: str, rows: list[asyncpg.Record], now: datetime
-) -> Chunk:
-    return _split(family, [project_session(pg.session_from_row(r), now) for r in rows])
-
-
-async def _users(
-    conn: Connection, settings: Settings, family: str, rows: list[asyncpg.Record], now: datetime
-) -> Chunk:
-    users = [pg.user_from_row(r) for r in rows]
-    days = {(u.user_id, business_day(u.last_seen, settings.tz)) for u in users}
-    started = await pg.user_day_started(conn, days)
-    quota = settings.daily_session_quota
-    ops = [
-        project_user(
-            u, started.get((u.user_id, business_day(u.last_seen, settings.tz)), 0), quota, now
-        )
-        for u in users
-    ]
-    return _split(family, ops)
-
-
-async def _ai(
-    conn: Connection, settings: Settings, family: str, rows: list[asyncpg.Record], now: datetime
-) -> Chunk:
-    ops = [
-        project_ai_response(
-            r["prompt_hash"], r["response"], r["provider"], r["model"], r["cached_at"], now
-        )
-        for r in rows
-    ]
-    return _split(family, ops)
-
-
-async def _voice(
-    conn: Connection, settings: Settings, family: str, rows: list[asyncpg.Record], now: datetime
-) -> Chunk:
-    ops = [
-        project_voice(
-            r["speaker_id"], r["text_hash"], base64.b64encode(r["audio"]).decode(),
-            r["cached_at"], now,
-        )
-        for r in rows
-    ]  # fmt: skip
-    return _split(family, ops)
-
-
-async def _metrics(
-    conn: Connection, settings: Settings, family: str, rows: list[asyncpg.Record], now: datetime
-) -> Chunk:
-    points = [
-        LatencyPoint(
-            "response_time" if r["type"] == "ai.response" else "synthesis_time",
-            r["occurred_at"],
-            latency_member(float(r["latency_ms"]), r["event_id"]),
-        )
-        for r in rows
-    ]
-    return Chunk(family, project_latencies(points, now), 0)
-
-
-async def _stats(
-    conn: Connection, settings: Settings, family: str, rows: list[asyncpg.Record], now: datetime
-) -> Chunk:
-    today = business_day(now, settings.tz)
-    counters = await pg.day_counters(conn, [r["day"] for r in rows])
-    active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
-    ops = [
-        project_stats(
-            r["day"],
-            stats_fields(
-                counters[r["day"]], active if r["day"] == today else None,
-                settings.max_concurrent_sessions,
-            ),
-            r["written_at"],
-            now,
-        )
-        for r in rows
-    ]  # fmt: skip
-    return _split(family, ops)
-
-
-_Build = Callable[[Connection, Settings, str, list[asyncpg.Record], datetime], Awaitable[Chunk]]
-# Each query takes $1 = since (or NULL) and $2 = now.
-_BULK: dict[str, tuple[str, _Build]] = {
-    "sessions": (
-        f"SELECT {pg.SESSION_COLUMNS} FROM sessions WHERE status IN ('active', 'paused')"
-        " AND ($1::timestamptz IS NULL OR last_activity >= $1) AND $2::timestamptz IS NOT NULL"
-        " ORDER BY last_activity DESC",
-        _sessions,
-    ),
-    "users": (
-        f"SELECT {pg.USER_COLUMNS} FROM users"
-        " WHERE ($1::timestamptz IS NULL OR last_seen >= $1) AND $2::timestamptz IS NOT NULL"
-        " ORDER BY last_seen DESC",
-        _users,
-    ),
-    "ai": (
-        "SELECT prompt_hash, response, provider, model, cached_at FROM ai_responses"
-        " WHERE cached_at IS NOT NULL AND ($1::timestamptz IS NULL OR cached_at >= $1)"
-        " AND $2::timestamptz IS NOT NULL ORDER BY use_count DESC, prompt_hash",
-        _ai,
-    ),
-    "voice": (
-        "SELECT speaker_id, text_hash, audio, cached_at FROM voice_clips"
-        " WHERE cached_at IS NOT NULL AND audio IS NOT NULL"
-        " AND ($1::timestamptz IS NULL OR cached_at >= $1) AND $2::timestamptz IS NOT NULL"
-        " ORDER BY use_count DESC, speaker_id, text_hash",
-        _voice,
-    ),
-    "metrics": (
-        "SELECT type, occurred_at, event_id::text, (payload->>'latency_ms')::float8 AS latency_ms"
-        " FROM events WHERE type IN ('ai.response', 'voice.synthesized')"
-        " AND occurred_at > $2::timestamptz - interval '1 hour'"
-        " AND ($1::timestamptz IS NULL OR occurred_at >= $1) ORDER BY occurred_at",
-        _metrics,
-    ),
-    "stats": (
-        "SELECT day, written_at FROM daily_stats_writes"
-        " WHERE ($1::timestamptz IS NULL OR written_at >= $1) AND $2::timestamptz IS NOT NULL"
-        " ORDER BY day DESC",
-        _stats,
-    ),
-}

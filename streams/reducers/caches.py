@@ -17,45 +17,18 @@ from zoneinfo import ZoneInfo
 from schemas.events import AiFailed, AiResponse, Event, VoiceFailed, VoiceSynthesized
 from schemas.hashing import H
 from schemas.keys import MetricName
+from streams.model import (
+    AI_FAILED,
+    AI_HITS,
+    AI_LATENCY_US,
+    AI_MISSES,
+    VOICE_FAILED,
+    VOICE_HITS,
+    VOICE_MISSES,
+    AiEntry,
+    VoiceEntry,
+)
 from streams.reducers.sessions import business_day
-
-# daily_counters names (SPEC §4 stats are computed from these)
-AI_HITS = "ai_hits"
-AI_MISSES = "ai_misses"
-AI_FAILED = "ai_failed"
-AI_LATENCY_US = "ai_latency_us"
-"""Sum of ai.response latency in microseconds (integer, exact to add)."""
-VOICE_HITS = "voice_hits"
-VOICE_MISSES = "voice_misses"
-VOICE_FAILED = "voice_failed"
-
-
-@dataclass(frozen=True, slots=True)
-class AiEntry:
-    prompt_hash: str
-    prompt: str
-    response: str | None
-    provider: str | None
-    model: str | None
-    cached_at: datetime | None
-    source_event_id: str | None
-    uses: int
-    hits: int
-    last_used_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class VoiceEntry:
-    speaker_id: int
-    text_hash: str
-    text: str
-    audio: bytes | None
-    audio_format: str | None
-    cached_at: datetime | None
-    source_event_id: str | None
-    uses: int
-    hits: int
-    last_used_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

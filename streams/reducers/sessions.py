@@ -29,10 +29,7 @@ from schemas.events import (
     UserLogin,
 )
 from schemas.keys import SESSION_TTL
-from streams.model import SessionState, UserState
-
-SESSIONS_STARTED = "sessions_started"
-"""daily_counters name behind total_sessions_today."""
+from streams.model import SESSIONS_STARTED, SessionState, UserState
 
 
 @dataclass

@@ -1,8 +1,12 @@
-"""The PostgreSQL sink: batched asyncpg statements, run inside one transaction.
+"""The write path's PostgreSQL statements: batched, run inside one transaction.
 
-Each method is one round trip (arrays through `unnest`, or a pipelined
+Each function is one round trip (arrays through `unnest`, or a pipelined
 `executemany`) and knows nothing about event semantics: the pipeline decides
-what to write, this module only writes and reads rows.
+what to write, this module only writes and reads rows, and hands back the
+types of `streams.model` (or its own row types), never asyncpg records. The
+other statements of the project live beside it: `caches.py` (every read of
+the cache tables), `reads.py` (replay and warm-up), `alerts.py`,
+`heartbeats.py`, `progress.py` (what the tools poll), `admin.py`, `migrate.py`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from schemas.events import Event
-from streams.model import SessionState, UserState
-from streams.reducers.caches import AiEntry, VoiceEntry
+from streams.model import AiEntry, DayCounters, SessionState, UserState, VoiceEntry
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A plain connection or one borrowed from a pool."""
@@ -118,7 +121,23 @@ async def insert_dead_letters(conn: Connection, rows: Sequence[DeadLetterRow]) -
     )
 
 
-async def claim_unpublished_dead_letters(conn: Connection, limit: int) -> list[asyncpg.Record]:
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A `dead_letters` row claimed for publishing."""
+
+    id: int
+    topic: str
+    kafka_partition: int
+    kafka_offset: int
+    message_key: bytes | None
+    reason: str
+    detail: str
+    event_id: str | None
+    original: bytes | None
+    created_at: datetime | None
+
+
+async def claim_unpublished_dead_letters(conn: Connection, limit: int) -> list[StoredDeadLetter]:
     """Lock up to `limit` unpublished dead letters, oldest first, for this transaction.
 
     `SKIP LOCKED`: rows another flush holds (a task of this process or another
@@ -127,7 +146,7 @@ async def claim_unpublished_dead_letters(conn: Connection, limit: int) -> list[a
     Must run inside a transaction, which keeps the claim until it ends (a row
     lock, so it also holds behind a transaction-mode pooler such as pgbouncer).
     """
-    return await conn.fetch(
+    rows = await conn.fetch(
         """
         SELECT id, topic, kafka_partition, kafka_offset, message_key, reason, detail,
                event_id, original, created_at
@@ -136,6 +155,7 @@ async def claim_unpublished_dead_letters(conn: Connection, limit: int) -> list[a
         """,
         limit,
     )
+    return [StoredDeadLetter(*r) for r in rows]
 
 
 async def mark_dead_letters_published(conn: Connection, ids: Sequence[int]) -> None:
@@ -371,17 +391,18 @@ async def add_day_counters(conn: Connection, counts: Counter[tuple[date, str]]) 
     )
 
 
-async def day_counters(conn: Connection, days: Iterable[date]) -> dict[date, dict[str, int]]:
-    """Every counter of `days` (days without any map to {}); values are whole numbers
-    (`numeric` in the table, so no sum can overflow: migration 005)."""
+async def day_counters(conn: Connection, days: Iterable[date]) -> dict[date, DayCounters]:
+    """Every counter of `days` (a day without any has all at 0): the one read of a day's
+    counters, behind every figure (`streams.projections.day_figures`). Values are whole
+    numbers (`numeric` in the table, so no sum can overflow: migration 005)."""
     wanted = sorted(set(days))
-    out: dict[date, dict[str, int]] = {d: {} for d in wanted}
+    values: dict[date, dict[str, int]] = {d: {} for d in wanted}
     rows = await conn.fetch(
         "SELECT day, name, value FROM daily_counters WHERE day = ANY($1::date[])", wanted
     )
     for day, name, value in rows:
-        out[day][name] = int(value)
-    return out
+        values[day][name] = int(value)
+    return {day: DayCounters.of(named) for day, named in values.items()}
 
 
 async def days_changed_since(conn: Connection, since: datetime) -> set[date]:
@@ -489,36 +510,3 @@ async def _upsert_cache(
         f" WHERE {where} AND (cached_at IS NULL OR cached_at <= ${at})",
         [(*k, *c, e.cached_at, e.source_event_id) for k, c, e in misses],
     )
-
-
-async def ai_entries(conn: Connection, prompt_hashes: Iterable[str]) -> list[asyncpg.Record]:
-    """Cached content of these prompts (rows that saw a miss)."""
-    return await conn.fetch(
-        "SELECT prompt_hash, response, provider, model, cached_at, source_event_id::text"
-        " FROM ai_responses WHERE prompt_hash = ANY($1::text[]) AND cached_at IS NOT NULL",
-        sorted(set(prompt_hashes)),
-    )
-
-
-async def voice_sources(conn: Connection, keys: Iterable[tuple[int, str]]) -> list[asyncpg.Record]:
-    """Which event's audio each clip holds, without reading the audio itself."""
-    pairs = sorted(set(keys))
-    return await conn.fetch(
-        """
-        SELECT v.speaker_id, v.text_hash, v.cached_at, v.source_event_id::text
-        FROM unnest($1::int[], $2::text[]) AS k(speaker_id, text_hash)
-        JOIN voice_clips v USING (speaker_id, text_hash)
-        WHERE v.cached_at IS NOT NULL
-        """,
-        [p[0] for p in pairs],
-        [p[1] for p in pairs],
-    )
-
-
-async def voice_audio(conn: Connection, speaker_id: int, text_hash: str) -> bytes | None:
-    value = await conn.fetchval(
-        "SELECT audio FROM voice_clips WHERE speaker_id = $1 AND text_hash = $2",
-        speaker_id,
-        text_hash,
-    )
-    return bytes(value) if value is not None else None

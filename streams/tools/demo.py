@@ -32,9 +32,10 @@ from schemas.keys import (
     voice_key,
 )
 from streams.publisher import EventPublisher
-from streams.reducers.sessions import SESSIONS_STARTED, business_day
+from streams.reducers.sessions import business_day
 from streams.settings import Settings, get_settings
 from streams.store import postgres as pg
+from streams.store import progress
 from streams.tools.simulate import Traffic, simulate
 from streams.worker.runtime import open_pool, open_redis
 from streams.worker.topics import ensure_topics
@@ -60,13 +61,11 @@ async def wait_stored(
     deadline = time.monotonic() + timeout_s
     stored = 0
     while time.monotonic() < deadline and worker.poll() is None:
-        stored = await pool.fetchval(
-            "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", ids
-        )
+        stored = await progress.events_stored_of(pool, ids)
         if stored == len(ids):
-            return int(stored)
+            return stored
         await asyncio.sleep(0.25)
-    return int(stored)
+    return stored
 
 
 async def run_demo(users: int, sessions_per_user: int, events: int, timeout_s: float) -> int:
@@ -109,7 +108,7 @@ async def current_stats(
         stats = _decode(await redis.hgetall(stats_key(day)))
         async with pool.acquire() as conn:
             counters = await pg.day_counters(conn, [day])
-        started = counters[day].get(SESSIONS_STARTED, 0)
+        started = counters[day].sessions_started
         if stats.get("total_sessions_today") == str(started) or time.monotonic() > deadline:
             return stats
         await asyncio.sleep(0.1)
@@ -136,9 +135,7 @@ async def summarise(
     user_keys = await present([user_state_key(u) for u in t.users])
     ai_keys = await present([ai_response_key(p) for p in t.prompts])
     voice_keys = await present([voice_key(s, text) for s, text in t.voices])
-    dead = await pool.fetchval(
-        "SELECT count(*) FROM dead_letters WHERE message_key = $1", f"demo-{t.run}".encode()
-    )
+    dead = await progress.dead_letters_keyed(pool, f"demo-{t.run}".encode())
     ai_rate = t.ai_hits / max(1, t.ai_hits + t.ai_misses)
     voice_rate = t.voice_hits / max(1, t.voice_hits + t.voice_misses)
     checks: list[tuple[str, str, object, object]] = [

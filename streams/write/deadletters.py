@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
@@ -26,7 +25,7 @@ from schemas.events import Rejection
 from schemas.messages import KAFKA_ORIGINAL_LIMIT, DeadLetterMessage, dead_letter_id
 from streams import model
 from streams.store import postgres as pg
-from streams.store.postgres import DeadLetterRow
+from streams.store.postgres import DeadLetterRow, StoredDeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +61,23 @@ def dead_letter_row(
     )
 
 
-def dead_letter_message(row: asyncpg.Record | dict[str, Any]) -> DeadLetterMessage:
+def dead_letter_message(row: StoredDeadLetter) -> DeadLetterMessage:
     """The message published for one dead_letters row (its `to_json()` is the value)."""
-    original: bytes = row["original"] or b""
-    key: bytes | None = row["message_key"]
+    original: bytes = row.original or b""
+    key = row.message_key
     return DeadLetterMessage(
-        dead_letter_id=dead_letter_id(
-            row["topic"], row["kafka_partition"], row["kafka_offset"], row["reason"]
-        ),
-        reason=row["reason"],
-        detail=row["detail"],
-        source_topic=row["topic"],
-        partition=row["kafka_partition"],
-        offset=row["kafka_offset"],
-        event_id=row["event_id"],
+        dead_letter_id=dead_letter_id(row.topic, row.kafka_partition, row.kafka_offset, row.reason),
+        reason=row.reason,
+        detail=row.detail,
+        source_topic=row.topic,
+        partition=row.kafka_partition,
+        offset=row.kafka_offset,
+        event_id=row.event_id,
         key=bytes(key).decode("utf-8", "replace") if key is not None else None,
         original=base64.b64encode(original[:KAFKA_ORIGINAL_LIMIT]).decode(),
         original_size=len(original),
         original_truncated=len(original) > KAFKA_ORIGINAL_LIMIT,
-        dead_lettered_at=row["created_at"] or datetime.now(UTC),
+        dead_lettered_at=row.created_at or datetime.now(UTC),
     )
 
 
@@ -104,7 +101,7 @@ async def flush(pool: asyncpg.Pool, publish: Publish, topic: str, batch: int = 5
                 return sent
             # 2. publish
             for row in rows:
-                await publish(topic, row["message_key"], dead_letter_message(row).to_json())
+                await publish(topic, row.message_key, dead_letter_message(row).to_json())
             # 3. mark (committed on leaving the block)
-            await pg.mark_dead_letters_published(conn, [r["id"] for r in rows])
+            await pg.mark_dead_letters_published(conn, [r.id for r in rows])
         sent += len(rows)

@@ -36,18 +36,18 @@ from schemas.events import (
     VoiceFailed,
     VoiceSynthesized,
 )
-from streams.projections import Delete, HashWrite, SortedSetAdd, StringWrite
-from streams.publisher import EventPublisher
-from streams.read.recompute import FAMILIES, family_chunks
-from streams.reducers.caches import (
+from streams.model import (
     AI_FAILED,
     AI_HITS,
     AI_MISSES,
+    SESSIONS_STARTED,
     VOICE_FAILED,
     VOICE_HITS,
     VOICE_MISSES,
 )
-from streams.reducers.sessions import SESSIONS_STARTED
+from streams.projections import Delete, HashWrite, SortedSetAdd, StringWrite
+from streams.publisher import EventPublisher
+from streams.read.recompute import FAMILIES, family_chunks
 from streams.settings import Settings
 
 AUDIO = base64.b64encode(b"RIFF" + bytes(range(256)) * 8).decode()

@@ -23,29 +23,31 @@ from schemas.events import (
     decode_event,
 )
 from schemas.keys import epoch_ms
+from streams.model import (
+    AI_FAILED,
+    AI_HITS,
+    AI_LATENCY_US,
+    AI_MISSES,
+    SESSIONS_STARTED,
+    VOICE_FAILED,
+    VOICE_HITS,
+    VOICE_MISSES,
+    CachedAiResponse,
+    CachedVoiceClip,
+    DayCounters,
+)
 from streams.observe.alerts import Reading, Rule, transitions
 from streams.projections import (
     Delete,
     SortedSetAdd,
     StringWrite,
+    day_figures,
     project_ai_response,
     project_latencies,
     project_voice,
     stats_fields,
 )
-from streams.reducers.caches import (
-    AI_FAILED,
-    AI_HITS,
-    AI_LATENCY_US,
-    AI_MISSES,
-    VOICE_FAILED,
-    VOICE_HITS,
-    VOICE_MISSES,
-    latency_member,
-    latency_points,
-    reduce_cache_events,
-)
-from streams.reducers.sessions import SESSIONS_STARTED
+from streams.reducers.caches import latency_member, latency_points, reduce_cache_events
 
 T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
 DAY = date(2025, 1, 30)
@@ -122,7 +124,7 @@ def test_latency_members() -> None:
 
 
 def test_ai_response_value_and_ttl() -> None:
-    op = project_ai_response(H("hello"), "hi", "groq", "llama", T0, now=T0)
+    op = project_ai_response(CachedAiResponse(H("hello"), "hi", "groq", "llama", T0), now=T0)
     assert isinstance(op, StringWrite)
     assert op.key == f"ai_response:{H('hello')}"
     assert orjson.loads(op.value) == {
@@ -133,13 +135,12 @@ def test_ai_response_value_and_ttl() -> None:
         "cached_at": "2025-01-30T10:00:00Z",
     }
     assert op.expire_at_ms == epoch_ms(T0 + timedelta(hours=1))
-    assert project_ai_response(H("x"), "", "", "", T0, T0 + timedelta(hours=1)) == Delete(
-        f"ai_response:{H('x')}"
-    )
+    old = CachedAiResponse(H("x"), "", "", "", T0)
+    assert project_ai_response(old, T0 + timedelta(hours=1)) == Delete(f"ai_response:{H('x')}")
 
 
 def test_voice_value_and_ttl() -> None:
-    op = project_voice(6, H("t"), "UklGRg==", T0, now=T0)
+    op = project_voice(CachedVoiceClip(6, H("t"), "UklGRg==", T0), now=T0)
     assert op == StringWrite(f"voice:6:{H('t')}", "UklGRg==", epoch_ms(T0 + timedelta(hours=24)))
 
 
@@ -171,7 +172,7 @@ def test_stats_fields_hand_computed() -> None:
         VOICE_MISSES: 2,
         VOICE_FAILED: 1,
     }
-    fields = stats_fields(counters, active_sessions=3, capacity=30)
+    fields = stats_fields(day_figures(DAY, DayCounters.of(counters), 3, capacity=30))
     assert fields == {
         "total_sessions_today": 4,
         "avg_response_time": 100.0,  # 2000 ms over 20 ai.response
@@ -181,7 +182,7 @@ def test_stats_fields_hand_computed() -> None:
         "active_sessions": 3,
         "system_load": 0.1,
     }
-    assert stats_fields({}, None, 30) == {
+    assert stats_fields(day_figures(DAY, DayCounters.of({}), None, 30)) == {
         "total_sessions_today": 0,
         "avg_response_time": 0.0,
         "error_rate": 0.0,

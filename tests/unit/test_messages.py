@@ -18,13 +18,14 @@ from schemas.messages import (
     dead_letter_id,
 )
 from streams.observe.alerts import Alert
+from streams.store.postgres import StoredDeadLetter
 from streams.write.deadletters import dead_letter_message
 
 AT = datetime(2025, 1, 30, 10, 30, 0, 123456, tzinfo=UTC)
 
 
-def row(**changes: Any) -> dict[str, Any]:
-    """A dead_letters row as asyncpg returns it."""
+def row(**changes: Any) -> StoredDeadLetter:
+    """A dead_letters row as the store returns it."""
     base: dict[str, Any] = {
         "id": 7,
         "topic": "roleplay.session-events",
@@ -37,7 +38,7 @@ def row(**changes: Any) -> dict[str, Any]:
         "original": b'{"type": "user.login", ',
         "created_at": AT,
     }
-    return base | changes
+    return StoredDeadLetter(**(base | changes))
 
 
 def test_dead_letter_id_is_fixed_forever() -> None:

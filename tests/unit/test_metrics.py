@@ -19,13 +19,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.health import ConnectionHealth
+from streams.model import CacheDay, DayFigures
 from streams.observe.alerts import rules
 from streams.observe.check import judge_heartbeat
 from streams.observe.heartbeat import Heartbeat
 from streams.observe.metrics import (
     AlertFigure,
-    CacheFigures,
-    DayFigures,
     HealthCollector,
     LatencySummary,
     PipelineMetrics,
@@ -156,11 +155,12 @@ def test_snapshot_collector_exports_every_figure() -> None:
         taken_at=datetime(2025, 1, 30, 10, 30, tzinfo=UTC),
         day=DayFigures(
             day=date(2025, 1, 30),
-            caches={"ai": CacheFigures(6, 4), "voice": CacheFigures(0, 0)},
+            sessions_started=2,
+            ai=CacheDay(hits=6, misses=4, lookups=10, hit_rate=0.6),
+            voice=CacheDay(hits=0, misses=0, lookups=0, hit_rate=0.0),
             avg_response_ms=121.0,
             error_rate=1 / 13,
             active_sessions=1,
-            sessions_today=2,
             system_load=1 / 30,
         ),
         latency={

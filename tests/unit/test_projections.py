@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from schemas.keys import epoch_ms, format_utc
-from streams.model import SessionState, UserState
+from streams.model import CachedVoiceClip, SessionState, UserState
 from streams.projections import (
     Delete,
     HashWrite,
@@ -144,6 +144,6 @@ def test_future_user_and_cache_keys_are_capped() -> None:
         },
         epoch_ms(T0 + timedelta(hours=1)),
     )
-    assert project_voice(1, "h", "QUJD", ahead, T0).expire_at_ms == epoch_ms(  # type: ignore[union-attr]
+    assert project_voice(CachedVoiceClip(1, "h", "QUJD", ahead), T0).expire_at_ms == epoch_ms(  # type: ignore[union-attr]
         T0 + timedelta(hours=24)
     )

@@ -26,8 +26,9 @@ from schemas.events import (
     decode_event,
 )
 from schemas.keys import session_key, user_state_key
+from streams.model import SESSIONS_STARTED
 from streams.reducers.caches import reduce_cache_events
-from streams.reducers.sessions import SESSIONS_STARTED, reduce_session_events
+from streams.reducers.sessions import reduce_session_events
 
 UTC_TZ = ZoneInfo("UTC")
 json_scalars = (

@@ -18,8 +18,8 @@ from schemas.events import (
     SessionUpdated,
     UserLogin,
 )
-from streams.model import SessionState, UserState
-from streams.reducers.sessions import SESSIONS_STARTED, expire_idle, reduce_session_events
+from streams.model import SESSIONS_STARTED, SessionState, UserState
+from streams.reducers.sessions import expire_idle, reduce_session_events
 
 T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
 UTC_TZ = ZoneInfo("UTC")

@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streams.database import asyncpg_options
 from streams.security import kafka_options, redis_from_settings
 from streams.settings import Settings
+from streams.store import admin
 from streams.worker.topics import ensure_topics
 
 READY_MARK = "[^Worker]: Ready"
@@ -83,8 +84,7 @@ class BenchEnv:
         admin_url = with_database(base.database_url.get_secret_value(), "postgres")
         conn = await asyncpg.connect(admin_url, **asyncpg_options(settings))
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{database}"')
+            await admin.recreate_database(conn, database)
         finally:
             await conn.close()
         redis = redis_from_settings(settings)
@@ -99,7 +99,7 @@ class BenchEnv:
         """Drop the database and empty the Redis db (topics: `delete_topics`)."""
         conn = await asyncpg.connect(self.admin_url, **asyncpg_options(self.settings))
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            await admin.drop_database(conn, self.database)
         finally:
             await conn.close()
         redis = redis_from_settings(self.settings)

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.database import asyncpg_options
 from streams.security import redis_from_settings
+from streams.store import progress
 from streams.tools.bench.env import BenchEnv, WorkerProcess
 from streams.tools.bench.kafka import fast_producer, send_all
 from streams.tools.bench.workload import Message
@@ -70,12 +71,8 @@ class LiveWorker:
         assert self._conn is not None
         if not self.worker.alive():
             raise RuntimeError(f"the worker exited:\n{self.worker.log_tail()}")
-        done = await self._conn.fetchval(
-            "SELECT coalesce(sum(last_offset + 1), 0) FROM consumer_positions"
-            " WHERE consumer_group = $1",
-            self.env.settings.app_id,
-        )
-        return int(done) >= self.produced
+        done = await progress.messages_done(self._conn, self.env.settings.app_id)
+        return done >= self.produced
 
     async def wait_drained(self, timeout_s: float, settle_s: float = 0.3) -> None:
         """Until every produced event is stored, plus `settle_s` for the Redis write."""

@@ -52,6 +52,7 @@ from schemas.keys import (
 )
 from streams.database import asyncpg_options
 from streams.security import redis_from_settings
+from streams.store import progress
 from streams.tools.bench.env import BenchEnv, WorkerProcess
 from streams.tools.bench.kafka import plain_consumer, source_topics
 from streams.tools.bench.stats import rate
@@ -126,11 +127,7 @@ async def run_ours(
             polled_at = time.time()
             if not worker.alive():
                 raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
-            done = await conn.fetchval(
-                "SELECT coalesce(sum(last_offset + 1), 0) FROM consumer_positions"
-                " WHERE consumer_group = $1",
-                env.settings.app_id,
-            )
+            done = await progress.messages_done(conn, env.settings.app_id)
             if done >= total and await count_existing(redis, keys) == len(keys):
                 break
             if time.monotonic() > deadline:
@@ -140,19 +137,17 @@ async def run_ours(
                 )
             await asyncio.sleep(0.1)
         peak = worker.peak_rss_mb()
-        first = float(await conn.fetchval("SELECT extract(epoch FROM min(stored_at)) FROM events"))
-        stored = await conn.fetchval("SELECT count(*) FROM events")
-        dead = await conn.fetchval("SELECT count(*) FROM dead_letters")
+        first = await progress.first_stored_epoch(conn)
+        stored = await progress.events_stored(conn)
+        dead = await progress.dead_letters(conn)
         if stored + dead != total or dead:
             raise RuntimeError(f"{stored} events stored and {dead} dead letters, of {total}")
         # Sustained rate: from the moment the consumer group stopped rebalancing
         # (several processes join one after the other) or the first batch.
         stable = max(first, last_ready(worker.log_path.read_text(errors="replace")) or first)
-        before = await conn.fetchval(
-            "SELECT count(*) FROM events WHERE stored_at < to_timestamp($1)", stable
-        )
+        before = await progress.events_stored_before(conn, stable)
         return Throughput(
-            events=total - int(before),
+            events=total - before,
             seconds=polled_at - stable,
             complete=True,
             startup_s=first - worker.started_at,
@@ -176,7 +171,7 @@ async def _connect_migrated(
     )
     deadline = time.monotonic() + timeout_s
     while True:
-        if await conn.fetchval("SELECT to_regclass('consumer_positions') IS NOT NULL"):
+        if await progress.schema_created(conn):
             return conn
         if not worker.alive() or time.monotonic() > deadline:
             await conn.close()
@@ -185,6 +180,8 @@ async def _connect_migrated(
 
 
 # --- the hand-written baseline -----------------------------------------------------
+# Its SQL stays spelled here, on purpose: the naive table and the per-event INSERT are
+# what is measured (a team's first version), so they must not become rpcache's store.
 NAIVE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS naive_events (
     event_id    uuid PRIMARY KEY,

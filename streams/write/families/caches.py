@@ -7,19 +7,28 @@ touched and the latency points of every event in the batch (the stats hash
 is the leader's stats timer's: streams/write/families/stats.py).
 Voice audio is written to Redis from the event's own base64 string (the same
 bytes PostgreSQL now holds), so a clip is never re-encoded on the hot path.
+The rows are read (`streams.store.caches`) and projected (`project_ai_response`,
+`project_voice`) exactly as the reader, replay and warm-up read and project them.
 """
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from schemas.events import AiResponse, Event, VoiceSynthesized
 from schemas.hashing import H
-from schemas.keys import INFERENCE_TOPIC, SYNTHESIS_TOPIC
-from streams.projections import RedisOp, project_ai_response, project_latencies, project_voice
+from schemas.keys import INFERENCE_TOPIC, SYNTHESIS_TOPIC, voice_key_for_hash
+from streams.model import CachedVoiceClip
+from streams.projections import (
+    Delete,
+    RedisOp,
+    project_ai_response,
+    project_latencies,
+    project_voice,
+)
 from streams.reducers.caches import latency_points, reduce_cache_events
+from streams.store import caches
 from streams.store import postgres as pg
 from streams.store.postgres import Connection, StoredEvent
 from streams.write.families.base import FamilyResult
@@ -52,12 +61,7 @@ class CacheFamily:
         hashes = {H(e.prompt) for e in events if isinstance(e, AiResponse) and not e.cache_hit}
         if not hashes:
             return []
-        return [
-            project_ai_response(
-                r["prompt_hash"], r["response"], r["provider"], r["model"], r["cached_at"], now
-            )
-            for r in await pg.ai_entries(conn, hashes)
-        ]
+        return [project_ai_response(row, now) for row in await caches.ai_responses(conn, hashes)]
 
     @staticmethod
     async def _voice_ops(conn: Connection, events: list[Event], now: datetime) -> list[RedisOp]:
@@ -68,14 +72,15 @@ class CacheFamily:
             return []
         keys = {(e.speaker_id, H(e.text)) for e in misses.values()}
         ops: list[RedisOp] = []
-        for row in await pg.voice_sources(conn, keys):
-            source = misses.get(row["source_event_id"])
-            if source is not None:
-                audio_b64 = source.audio
+        for row in await caches.voice_sources(conn, keys):
+            source = misses.get(row.source_event_id or "")
+            clip: CachedVoiceClip | None
+            if source is not None:  # this batch's miss: its own base64, not re-encoded
+                clip = CachedVoiceClip(row.speaker_id, row.text_hash, source.audio, row.cached_at)
             else:  # a later clip won, from another batch: project what PostgreSQL holds
-                audio = await pg.voice_audio(conn, row["speaker_id"], row["text_hash"])
-                audio_b64 = base64.b64encode(audio or b"").decode()
-            ops.append(
-                project_voice(row["speaker_id"], row["text_hash"], audio_b64, row["cached_at"], now)
-            )
+                clip = await caches.voice_clip_of(conn, row.speaker_id, row.text_hash)
+            if clip is None:
+                ops.append(Delete(voice_key_for_hash(row.speaker_id, row.text_hash)))
+            else:
+                ops.append(project_voice(clip, now))
         return ops

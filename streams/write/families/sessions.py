@@ -15,13 +15,8 @@ from zoneinfo import ZoneInfo
 from schemas.events import SessionEvent, SessionScoped, SessionStarted
 from schemas.keys import SESSION_TOPIC, SESSION_TTL
 from streams.model import SessionState, UserState
-from streams.projections import RedisOp, project_session, project_user
-from streams.reducers.sessions import (
-    SessionChanges,
-    business_day,
-    expire_idle,
-    reduce_session_events,
-)
+from streams.projections import RedisOp, project_session, project_user, user_day
+from streams.reducers.sessions import SessionChanges, expire_idle, reduce_session_events
 from streams.store import postgres as pg
 from streams.store.postgres import Connection, StoredEvent
 from streams.write.families.base import FamilyResult
@@ -102,10 +97,9 @@ class SessionFamily:
         """Absolute Redis values for these sessions and users."""
         ops: list[RedisOp] = [project_session(s, now) for s in sessions]
         user_list = list(users)
-        user_days = {(u.user_id, business_day(u.last_seen, self.tz)) for u in user_list}
-        started = await pg.user_day_started(conn, user_days)
+        started = await pg.user_day_started(conn, {user_day(u, self.tz) for u in user_list})
         for user in user_list:
-            count = started.get((user.user_id, business_day(user.last_seen, self.tz)), 0)
+            count = started.get(user_day(user, self.tz), 0)
             ops.append(project_user(user, count, self.quota, now))
         return ops
 

@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from schemas.keys import SESSION_TTL
-from streams.projections import RedisOp, project_stats, stats_fields
+from streams.projections import RedisOp, figures_of_days, project_stats, stats_fields
 from streams.reducers.sessions import business_day
 from streams.store import postgres as pg
 from streams.store.postgres import Connection
@@ -72,10 +72,8 @@ class StatsProjector:
         days = {today} | await pg.days_changed_since(conn, now - LOOKBACK)
         counters = await pg.day_counters(conn, days)
         active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
-        current = {
-            day: stats_fields(counters[day], active if day == today else None, self.capacity)
-            for day in days
-        }
+        figures = figures_of_days(counters, today, active, self.capacity)
+        current = {day: stats_fields(f) for day, f in figures.items()}
         due = days_to_write(current, self.written, now_mono, self.refresh_s)
         if not due:
             return [], {}

@@ -55,7 +55,7 @@ class RpcacheApp(faust.App):
         log.info("rpcache worker configured: %s", settings.redacted())
         if settings.warmup_on_start:
             try:
-                await warmup(self.runtime.pool, self.runtime.redis, settings.warmup_top_n)
+                await warmup(self.runtime.pool, self.runtime.targets, settings.warmup_top_n)
             except Exception:  # warm-up is an optimisation; the worker starts regardless
                 log.exception("warm-up at start failed")
 

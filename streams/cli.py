@@ -147,15 +147,15 @@ def replay(
 async def _replay(families: list[str], since: datetime | None, rate: float | None) -> ReplaySummary:
     from streams.read.replay import replay as run
     from streams.settings import get_settings
-    from streams.worker.runtime import open_pool, open_redis
+    from streams.worker.runtime import open_pool, open_targets
 
     settings = get_settings()
     pool = await open_pool(settings)
-    redis = open_redis(settings)
+    targets = open_targets(settings)  # each key to its family's Redis (SPEC §8)
     try:
-        return await run(pool, redis, settings, families, since, rate)
+        return await run(pool, targets, settings, families, since, rate)
     finally:
-        await redis.aclose()
+        await targets.aclose()
         await pool.close()
 
 
@@ -189,15 +189,15 @@ def warmup(
 async def _warmup(top: int) -> Counter[str]:
     from streams.read.warmup import warmup as run
     from streams.settings import get_settings
-    from streams.worker.runtime import open_pool, open_redis
+    from streams.worker.runtime import open_pool, open_targets
 
     settings = get_settings()
     pool = await open_pool(settings)
-    redis = open_redis(settings)
+    targets = open_targets(settings)  # each key to its family's Redis (SPEC §8)
     try:
-        return await run(pool, redis, top)
+        return await run(pool, targets, top)
     finally:
-        await redis.aclose()
+        await targets.aclose()
         await pool.close()
 
 

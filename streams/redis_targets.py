@@ -47,6 +47,19 @@ _PREFIX_FAMILY: Final[tuple[tuple[str, KeyFamily], ...]] = (
 )
 
 
+REPLAY_KINDS: Final[dict[KeyFamily, tuple[str, ...]]] = {
+    "sessions": ("stats", "sessions", "users", "metrics"),
+    "ai": ("ai",),
+    "voice": ("voice",),
+}
+"""The kinds of keys `rpcache replay` recomputes (streams/read/recompute.py), per family."""
+
+
+def as_targets(redis: Redis | RedisTargets) -> RedisTargets:
+    """`redis` itself when it is targets, else every family on that one client."""
+    return redis if isinstance(redis, RedisTargets) else RedisTargets.single(redis)
+
+
 def key_family(key: str) -> KeyFamily:
     """The family a key belongs to (SPEC §8): `ai_response:` → ai, `voice:` → voice,
     everything else (sessions, users, metrics, stats, rpcache's own) → sessions."""
@@ -198,6 +211,16 @@ class RedisTargets:
     targets: dict[KeyFamily, Target]
     masters: dict[KeyFamily, Redis]
     replicas: dict[KeyFamily, Redis | None]
+
+    @classmethod
+    def single(cls, client: Redis, url: str = "redis://localhost:6379/0") -> RedisTargets:
+        """Every family on one client (callers that were given a plain Redis)."""
+        target = parse_target(url)
+        return cls(
+            {f: target for f in KEY_FAMILIES},
+            {f: client for f in KEY_FAMILIES},
+            {f: None for f in KEY_FAMILIES},
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RedisTargets:

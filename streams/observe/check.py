@@ -8,7 +8,9 @@ Four checks, run concurrently, each within CHECK_TIMEOUT_S:
   the rows `WORKER_ID-0` … `WORKER_ID-(N-1)` of all its processes. A worker
   that wrote its first beat but does not consume yet passes as "starting";
   if it stays so, its beat goes stale (the timer beats once it consumes);
-- postgres, redis, kafka: a connection is made and the server answers.
+- postgres, redis, kafka: a connection is made and the server answers; for
+  Redis, every distinct family target (SPEC §8), each with a warning when
+  its maxmemory-policy does not fit its family (`judge_policy`).
 
 Exit status 0 when all pass; 1 otherwise, with one line per check saying why.
 It never retries and never migrates: a healthcheck must answer now, and must
@@ -30,6 +32,7 @@ from schemas.keys import format_utc
 from streams.database import asyncpg_options
 from streams.observe import heartbeat
 from streams.observe.heartbeat import Heartbeat, child_worker_ids
+from streams.redis_targets import KeyFamily, RedisTargets
 from streams.security import kafka_options, redis_options
 from streams.settings import Settings
 from streams.store import heartbeats
@@ -40,9 +43,12 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    warn: bool = False
+    """Passes, but something is configured against the design (printed `warn`)."""
 
     def line(self) -> str:
-        return f"{'ok' if self.ok else 'FAIL':<5} {self.name:<10} {self.detail}"
+        status = "FAIL" if not self.ok else "warn" if self.warn else "ok"
+        return f"{status:<5} {self.name:<10} {self.detail}"
 
 
 def judge_heartbeat(
@@ -133,6 +139,8 @@ async def check_postgres(
 
 
 async def check_redis(settings: Settings) -> CheckResult:
+    """PING the Redis of REDIS_URL (the stack probe of the tests uses this one)."""
+
     async def probe() -> str:
         url = settings.redis_url.get_secret_value()
         client = Redis.from_url(
@@ -149,6 +157,76 @@ async def check_redis(settings: Settings) -> CheckResult:
         return f"Redis {info.get('redis_version', '?')} PONG"
 
     return await _timed("redis", settings.check_timeout_s, probe)
+
+
+POLICY_RULES: dict[KeyFamily, tuple[Callable[[str], bool], str]] = {
+    "sessions": (
+        lambda p: p.startswith("volatile-") or p == "noeviction",
+        "session state must live out its TTL, and allkeys-* evicts it early"
+        " (the design: volatile-ttl; any volatile-* or noeviction fits)",
+    ),
+    "ai": (lambda p: p.endswith("-lru"), "the design evicts old AI responses by LRU (allkeys-lru)"),
+    "voice": (
+        lambda p: p.endswith("-lfu"),
+        "the design keeps voice clips by use frequency (allkeys-lfu)",
+    ),
+}
+"""SPEC §8 and the design's eviction per family: (does a policy fit, why)."""
+
+
+def judge_policy(families: tuple[KeyFamily, ...], policy: str) -> str | None:
+    """None when `policy` fits the target's families, else why not; pure.
+
+    A target that serves the session family is judged by the session rule
+    only: one Redis has one policy, and evicting session state early is the
+    fault that matters; LRU/LFU preferences apply to a cache's own target.
+    """
+    judged = ("sessions",) if "sessions" in families else families
+    for family in judged:
+        fits, why = POLICY_RULES[family]
+        if not fits(policy):
+            return f"maxmemory-policy {policy} does not fit {family}: {why}"
+    return None
+
+
+async def check_redis_targets(settings: Settings) -> list[CheckResult]:
+    """PING every distinct Redis target (SPEC §8) and judge its eviction policy.
+
+    One line per target, named `redis` when every family shares REDIS_URL and
+    `redis:<families>` otherwise. A policy that does not fit is a warning
+    (`warn`, exit status unchanged): the cache still works, it evicts wrongly.
+    """
+    targets = RedisTargets.from_settings(
+        settings,
+        socket_timeout=settings.check_timeout_s,
+        socket_connect_timeout=settings.check_timeout_s,
+    )
+    distinct = targets.distinct()
+
+    async def one(families: tuple[KeyFamily, ...], client: Redis) -> CheckResult:
+        name = "redis" if len(distinct) == 1 else f"redis:{'+'.join(families)}"
+        where = targets.targets[families[0]].describe()
+        policy: list[str] = []
+
+        async def probe() -> str:
+            await client.ping()
+            info = await client.info("server")
+            memory = await client.info("memory")
+            policy.append(str(memory.get("maxmemory_policy", "?")))
+            return (
+                f"Redis {info.get('redis_version', '?')} PONG at {where},"
+                f" maxmemory-policy {policy[0]}"
+            )
+
+        result = await _timed(name, settings.check_timeout_s, probe)
+        if result.ok and policy and (why := judge_policy(families, policy[0])):
+            return CheckResult(name, True, f"{result.detail}; {why}", warn=True)
+        return result
+
+    try:
+        return list(await asyncio.gather(*(one(f, c) for f, c in distinct)))
+    finally:
+        await targets.aclose()
 
 
 async def check_kafka(settings: Settings) -> CheckResult:
@@ -183,7 +261,7 @@ async def run_checks(
             worker_ids,
             settings.heartbeat_max_age_s if max_age_s is None else max_age_s,
         ),
-        check_redis(settings),
+        check_redis_targets(settings),
         check_kafka(settings),
     )
-    return [beat, pg, redis, kafka]
+    return [beat, pg, *redis, kafka]

@@ -21,7 +21,9 @@ import orjson
 from redis.asyncio import Redis
 
 from schemas.keys import LOADED_MARKER_KEY, LOADED_MARKER_TTL
+from streams.read.recompute import FAMILIES
 from streams.read.replay import ReplaySummary, replay
+from streams.redis_targets import REPLAY_KINDS, KeyFamily, RedisTargets, as_targets
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,43 +33,87 @@ Announce = Callable[[str, float], Awaitable[None]]
 
 
 class RedisWatch:
-    """Checks the data-loss marker; owns at most one rebuild task at a time."""
+    """Checks the data-loss marker of every Redis target; rebuilds only what a target lost.
+
+    SPEC §8: each family of keys has a target, and the marker is one of
+    rpcache's own keys, so it exists once per distinct target. A voice master
+    restarted empty (and its replica synced to the empty set) is rebuilt for
+    the voice family only, most used clips first, while the other targets'
+    keys are left alone. At most one rebuild runs per target at a time.
+    """
 
     def __init__(
-        self, pool: asyncpg.Pool, redis: Redis, settings: Settings, announce: Announce
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis | RedisTargets,
+        settings: Settings,
+        announce: Announce,
     ) -> None:
         self.pool = pool
-        self.redis = redis
+        self.targets = as_targets(redis)
         self.settings = settings
         self.announce = announce
-        self.task: asyncio.Task[ReplaySummary] | None = None
+        self.tasks: dict[tuple[KeyFamily, ...], asyncio.Task[ReplaySummary]] = {}
         self.rebuilds = 0
 
     @property
     def rebuilding(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return any(not task.done() for task in self.tasks.values())
+
+    @property
+    def task(self) -> asyncio.Task[ReplaySummary] | None:
+        """The latest rebuild task (of any target)."""
+        return next(reversed(self.tasks.values()), None)
 
     async def check(self) -> bool:
-        """Refresh the marker, or start a rebuild when it is gone. True if started."""
-        if self.rebuilding:
-            return False
-        if await self.redis.expire(LOADED_MARKER_KEY, LOADED_MARKER_TTL):
-            return False
-        info = await self.redis.info("server")
-        self.task = asyncio.create_task(self._rebuild(str(info["run_id"])))
-        return True
+        """Refresh each target's marker, or start that target's rebuild when it is gone.
 
-    async def _rebuild(self, run_id: str) -> ReplaySummary:
+        True if a rebuild started. A target that does not answer raises after
+        the others were checked (the timer logs it and looks again).
+        """
+        started = False
+        failure: BaseException | None = None
+        for families, client in self.targets.distinct():
+            running = self.tasks.get(families)
+            if running is not None and not running.done():
+                continue
+            try:
+                if await client.expire(LOADED_MARKER_KEY, LOADED_MARKER_TTL):
+                    continue
+                info = await client.info("server")
+            except Exception as exc:  # this target is away; the others are still checked
+                failure = failure or exc
+                continue
+            self.tasks[families] = asyncio.create_task(
+                self._rebuild(families, client, str(info["run_id"]))
+            )
+            started = True
+        if failure is not None:
+            raise failure
+        return started
+
+    async def _rebuild(
+        self, families: tuple[KeyFamily, ...], client: Redis, run_id: str
+    ) -> ReplaySummary:
         rate = self.settings.rebuild_rate
+        kinds = [kind for family in families for kind in REPLAY_KINDS[family]]
         log.warning(
-            "Redis lost rpcache's data (no data-loss marker; server run_id %s): rebuilding from"
-            " PostgreSQL at %s keys/s", run_id, rate,
+            "Redis target of %s lost rpcache's data (no data-loss marker; server run_id %s):"
+            " rebuilding %s from PostgreSQL at %s keys/s",
+            "/".join(families), run_id, ", ".join(kinds), rate,
         )  # fmt: skip
         await self.announce("firing", 0)
-        summary = await replay(self.pool, self.redis, self.settings, rate=rate, show_progress=False)
+        summary = await replay(
+            self.pool,
+            self.targets,
+            self.settings,
+            families=[k for k in FAMILIES if k in kinds],
+            rate=rate,
+            show_progress=False,
+        )
         value = orjson.dumps({"run_id": run_id, "rebuilt_at": datetime.now(UTC).isoformat()})
-        await self.redis.set(LOADED_MARKER_KEY, value, ex=LOADED_MARKER_TTL)
+        await client.set(LOADED_MARKER_KEY, value, ex=LOADED_MARKER_TTL)
         self.rebuilds += 1
-        log.warning("Redis rebuild finished: %s", summary.line())
+        log.warning("Redis rebuild of %s finished: %s", "/".join(families), summary.line())
         await self.announce("resolved", sum(summary.written.values()))
         return summary

@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from streams.read.recompute import CHUNK, FAMILIES, family_chunks
+from streams.redis_targets import RedisTargets, as_targets
 from streams.retry import until_done
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
@@ -75,14 +76,19 @@ def parse_rate(text: str | None) -> float | None:
 
 async def replay(
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: Redis | RedisTargets,
     settings: Settings,
     families: Iterable[str] = FAMILIES,
     since: datetime | None = None,
     rate: float | None = None,
     show_progress: bool | None = None,
 ) -> ReplaySummary:
-    """Write every live key of `families` to Redis; `rate` caps keys per second."""
+    """Write every live key of `families` to Redis; `rate` caps keys per second.
+
+    `redis`: the targets of every key family (SPEC §8; each key goes to its
+    family's), or one client for all of them.
+    """
+    targets = as_targets(redis)
     summary = ReplaySummary()
     started = time.monotonic()
     limiter = AsyncLimiter(max(rate, 1), 1) if rate else None
@@ -97,7 +103,7 @@ async def replay(
                     if limiter is not None:
                         await limiter.acquire(len(ops))
                     await until_done(
-                        lambda ops=ops: redis_sink.write(redis, ops),  # type: ignore[misc]
+                        lambda ops=ops: redis_sink.write_by_target(targets, ops),  # type: ignore[misc]
                         max_backoff_s=settings.retry_max_backoff_s,
                     )
                     summary.written[family] += len(ops)

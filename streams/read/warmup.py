@@ -23,14 +23,16 @@ from streams.projections import (
     project_scenario_context,
     project_voice,
 )
+from streams.redis_targets import RedisTargets, as_targets
 from streams.sinks import redis as redis_sink
 from streams.store import caches, reads
 
 log = logging.getLogger(__name__)
 
 
-async def warmup(pool: asyncpg.Pool, redis: Redis, top: int) -> Counter[str]:
-    """Write the top `top` entries of each family; return how many per family."""
+async def warmup(pool: asyncpg.Pool, redis: Redis | RedisTargets, top: int) -> Counter[str]:
+    """Write the top `top` entries of each family, each to its family's target
+    (or all to one client); return how many per family."""
     now = datetime.now(UTC)
     loaded: Counter[str] = Counter()
     async with pool.acquire() as conn:
@@ -40,7 +42,7 @@ async def warmup(pool: asyncpg.Pool, redis: Redis, top: int) -> Counter[str]:
     ops: list[RedisOp] = [project_ai_response(r, now, ttl_from=now) for r in ai]
     ops += [project_voice(c, now, ttl_from=now) for c in voice]
     ops += [project_scenario_context(sc, now) for sc in scenarios]
-    await redis_sink.write(redis, ops)
+    await redis_sink.write_by_target(as_targets(redis), ops)
     loaded.update(ai=len(ai), voice=len(voice), scenarios=len(scenarios))
     log.info("warm-up loaded %s", dict(loaded))
     return loaded

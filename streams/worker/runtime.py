@@ -159,7 +159,7 @@ class Runtime:
             stats=stats,
             health=health,
             alerts=alerts,
-            watch=RedisWatch(pool, redis, settings, _rebuild_announcer(alerts)),
+            watch=RedisWatch(pool, targets, settings, _rebuild_announcer(alerts)),
             watchdog=Watchdog(settings.watchdog_stall_s),
             metrics=metrics,
         )

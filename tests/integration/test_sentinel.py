@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas.keys import ai_response_key, session_key, voice_key
+from schemas.keys import LOADED_MARKER_KEY, ai_response_key, session_key, voice_key
 from streams.redis_targets import (
     KEY_FAMILIES,
     KeyFamily,
@@ -143,5 +143,54 @@ async def test_each_family_on_its_own_master_and_a_failover_is_followed(
         dead = await run.pool.fetchval("SELECT count(*) FROM dead_letters")
         assert dead == 0
         assert run.worker.proc is not None and run.worker.proc.poll() is None
+    for client in masters.values():
+        await close_client(client)
+
+
+async def test_a_family_that_lost_its_data_is_rebuilt_alone(
+    test_env: dict[str, str], topology: SentinelTopology
+) -> None:
+    """The AI master and, through replication, its replica emptied (as a master without
+    persistence restarted before Sentinel noticed): only the AI family is rebuilt,
+    by the worker itself; the session and voice targets keep their keys untouched."""
+    settings = get_settings()
+    masters = _masters(settings)
+    for client in masters.values():
+        await client.flushdb()
+    env = {**sentinel_env(DB), "REDIS_WATCH_INTERVAL_S": "1", "REBUILD_RATE": "100000"}
+    async with isolated_run(test_env, "sentinelrebuild", 2, **env) as run:
+        pub = run.publisher
+        sid = await pub.session_started("rb-user", speaker_id=5)
+        prompts = [f"rb-p-{i}" for i in range(20)]
+        for prompt in prompts:
+            await pub.ai_response(
+                "rb-user", sid, prompt=prompt, response="r", provider="g", model="m", latency_ms=5
+            )
+        await pub.voice_synthesized(
+            "rb-user", sid, speaker_id=5, text="rb-t", audio_b64=AUDIO, latency_ms=5
+        )
+        ai_keys = [ai_response_key(p) for p in prompts]
+        await eventually(lambda: _exists(masters["ai"], *ai_keys), lambda n: n == len(ai_keys))
+        await eventually(lambda: _exists(masters["voice"], voice_key(5, "rb-t")), lambda n: n == 1)
+        for client in masters.values():  # every target carries its own marker
+            await eventually(lambda c=client: _exists(c, LOADED_MARKER_KEY), lambda n: n == 1)  # type: ignore[misc]
+        # Something no rebuild writes, to show the other targets are left alone.
+        await masters["voice"].set("untouched", "1")
+        await masters["sessions"].set("untouched", "1")
+        log_before = len(run.worker.log_text())
+
+        await masters["ai"].flushdb()  # the replica follows: both empty
+
+        await eventually(
+            lambda: _exists(masters["ai"], LOADED_MARKER_KEY, *ai_keys),
+            lambda n: n == len(ai_keys) + 1,
+            timeout_s=60,
+        )
+        log = run.worker.log_text()[log_before:]
+        assert "Redis target of ai lost rpcache's data" in log, log[-2000:]
+        assert "target of sessions" not in log and "target of voice" not in log
+        assert await masters["voice"].get("untouched") == "1"
+        assert await masters["sessions"].get("untouched") == "1"
+        assert await masters["sessions"].exists(session_key(sid)) == 1
     for client in masters.values():
         await close_client(client)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from streams.observe.check import judge_policy
 from streams.redis_targets import Target, key_family, parse_target, target_urls
 from streams.settings import Settings
 
@@ -92,3 +93,26 @@ def test_family_urls_are_secrets() -> None:
     shown = f"{settings!r} {settings.redacted()}"
     assert "pw-1" not in shown and "pw-2" not in shown
     assert isinstance(parse_target(target_urls(settings)["ai"]), Target)
+
+
+@pytest.mark.parametrize(
+    ("families", "policy", "fits"),
+    [
+        (("sessions", "ai", "voice"), "volatile-lru", True),  # one Redis: the session rule
+        (("sessions", "ai", "voice"), "allkeys-lru", False),
+        (("sessions",), "volatile-ttl", True),
+        (("sessions",), "noeviction", True),
+        (("sessions",), "allkeys-lfu", False),
+        (("ai",), "allkeys-lru", True),
+        (("ai",), "volatile-lru", True),
+        (("ai",), "allkeys-lfu", False),
+        (("voice",), "allkeys-lfu", True),
+        (("voice",), "allkeys-lru", False),
+        (("ai", "voice"), "allkeys-lru", False),  # voice wants LFU
+    ],
+)
+def test_policy_per_family(families: tuple[str, ...], policy: str, fits: bool) -> None:
+    why = judge_policy(families, policy)  # type: ignore[arg-type]
+    assert (why is None) is fits, why
+    if why:
+        assert policy in why

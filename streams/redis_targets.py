@@ -34,7 +34,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from streams.security import redis_options
+from streams.security import redis_options, redis_tls_options
 from streams.settings import Settings
 
 KeyFamily = Literal["sessions", "ai", "voice"]
@@ -145,16 +145,7 @@ def target_urls(settings: Settings) -> dict[KeyFamily, str]:
 
 
 def _tls_options(settings: Settings, tls: bool) -> dict[str, Any]:
-    if not tls:
-        return {}
-    options: dict[str, Any] = {"ssl": True, "ssl_check_hostname": settings.redis_ssl_check_hostname}
-    if settings.redis_ssl_ca_certs:
-        options["ssl_ca_certs"] = settings.redis_ssl_ca_certs
-    if settings.redis_ssl_certfile:
-        options["ssl_certfile"] = settings.redis_ssl_certfile
-    if settings.redis_ssl_keyfile:
-        options["ssl_keyfile"] = settings.redis_ssl_keyfile
-    return options
+    return {"ssl": True, **redis_tls_options(settings)} if tls else {}
 
 
 def _sentinel(target: Target, settings: Settings, **kwargs: Any) -> Sentinel:

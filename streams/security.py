@@ -108,6 +108,11 @@ def redis_options(settings: Settings, url: str) -> dict[str, Any]:
     """
     if not url.startswith("rediss://"):
         return {}
+    return redis_tls_options(settings)
+
+
+def redis_tls_options(settings: Settings) -> dict[str, Any]:
+    """The CA, client certificate and hostname check of REDIS_SSL_* (redis-py's names)."""
     options: dict[str, Any] = {"ssl_check_hostname": settings.redis_ssl_check_hostname}
     if settings.redis_ssl_ca_certs:
         options["ssl_ca_certs"] = settings.redis_ssl_ca_certs

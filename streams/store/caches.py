@@ -12,12 +12,12 @@ cached_at: `VOICE_HELD` in SQL, `model.voice_clip` in Python, the same rule).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from streams.model import CachedAiResponse, CachedVoiceClip, voice_clip
+from streams.store.base import VoiceSource
 from streams.store.postgres import Connection
 
 AI_HELD = "cached_at IS NOT NULL"
@@ -53,16 +53,6 @@ async def ai_responses(conn: Connection, prompt_hashes: Iterable[str]) -> list[C
         sorted(set(prompt_hashes)),
     )
     return [_ai(r) for r in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class VoiceSource:
-    """Which miss's clip a row holds (read without the audio)."""
-
-    speaker_id: int
-    text_hash: str
-    cached_at: datetime
-    source_event_id: str | None
 
 
 async def voice_sources(conn: Connection, keys: Iterable[tuple[int, str]]) -> list[VoiceSource]:

@@ -3,7 +3,9 @@
 Each function is one round trip (arrays through `unnest`, or a pipelined
 `executemany`) and knows nothing about event semantics: the pipeline decides
 what to write, this module only writes and reads rows, and hands back the
-types of `streams.model` (or its own row types), never asyncpg records. The
+types of `streams.model` (or the row types of `base.py`), never asyncpg
+records. The write path calls these through `postgres_store.PostgresTx`, one
+method per function (`base.Tx`, the contract the in-memory store keeps too). The
 other statements of the project live beside it: `caches.py` (every read of
 the cache tables), `reads.py` (replay and warm-up), `alerts.py`,
 `heartbeats.py`, `progress.py` (what the tools poll), `admin.py`, `migrate.py`.
@@ -11,10 +13,8 @@ the cache tables), `reads.py` (replay and warm-up), `alerts.py`,
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeAlias
 
@@ -22,42 +22,11 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from schemas.events import Event
 from streams.model import AiEntry, DayCounters, SessionState, UserState, VoiceEntry
+from streams.store.base import DeadLetterRow, StoredDeadLetter, StoredEvent, payload_sha
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A plain connection or one borrowed from a pool."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An accepted event with where it came from."""
-
-    event: Event
-    topic: str
-    partition: int
-    offset: int
-    payload: bytes
-    """What the event log keeps: `Event.stored_json()`, computed once."""
-    key: bytes | None = None
-    raw: bytes | None = None
-    """The message as received, kept for a dead letter raised after decoding."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    reason: str
-    detail: str
-    event_id: str | None
-    original: bytes | None
-
-
-def payload_sha(payload: bytes) -> bytes:
-    return hashlib.sha256(payload).digest()
 
 
 # --- events -------------------------------------------------------------------
@@ -119,22 +88,6 @@ async def insert_dead_letters(conn: Connection, rows: Sequence[DeadLetterRow]) -
             for r in rows
         ],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDeadLetter:
-    """A `dead_letters` row claimed for publishing."""
-
-    id: int
-    topic: str
-    kafka_partition: int
-    kafka_offset: int
-    message_key: bytes | None
-    reason: str
-    detail: str
-    event_id: str | None
-    original: bytes | None
-    created_at: datetime | None
 
 
 async def claim_unpublished_dead_letters(conn: Connection, limit: int) -> list[StoredDeadLetter]:

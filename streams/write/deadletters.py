@@ -24,8 +24,8 @@ import asyncpg
 from schemas.events import Rejection
 from schemas.messages import KAFKA_ORIGINAL_LIMIT, DeadLetterMessage, dead_letter_id
 from streams import model
-from streams.store import postgres as pg
-from streams.store.postgres import DeadLetterRow, StoredDeadLetter
+from streams.store.base import DeadLetterRow, Store, StoredDeadLetter
+from streams.store.postgres_store import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,11 @@ def dead_letter_message(row: StoredDeadLetter) -> DeadLetterMessage:
     )
 
 
-async def flush(pool: asyncpg.Pool, publish: Publish, topic: str, batch: int = 500) -> int:
+async def flush(store: Store | asyncpg.Pool, publish: Publish, topic: str, batch: int = 500) -> int:
     """Publish every unpublished dead letter nobody else is publishing; return how many.
 
-    Per claim of up to `batch` rows, one transaction:
+    `store`: the write path's store (a pool: the PostgreSQL one on it).
+    Per claim of up to `batch` rows, one unit of work (a transaction):
     1. lock the oldest unpublished rows no other flush holds (SKIP LOCKED);
     2. publish each, waiting for the broker;
     3. mark them published; the commit releases them.
@@ -92,16 +93,18 @@ async def flush(pool: asyncpg.Pool, publish: Publish, topic: str, batch: int = 5
     flush (a row sent before the failure is sent again, same dead_letter_id).
     Returns when no unclaimed row is left; rows another flush holds are its.
     """
+    if isinstance(store, asyncpg.Pool):
+        store = PostgresStore(store)
     sent = 0
     while True:
-        async with pool.acquire() as conn, conn.transaction():
+        async with store.transaction() as tx:
             # 1. claim
-            rows = await pg.claim_unpublished_dead_letters(conn, batch)
+            rows = await tx.claim_unpublished_dead_letters(batch)
             if not rows:
                 return sent
             # 2. publish
             for row in rows:
                 await publish(topic, row.message_key, dead_letter_message(row).to_json())
             # 3. mark (committed on leaving the block)
-            await pg.mark_dead_letters_published(conn, [r.id for r in rows])
+            await tx.mark_dead_letters_published([r.id for r in rows])
         sent += len(rows)

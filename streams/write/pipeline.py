@@ -4,9 +4,11 @@
 exactly-once argument:
 
 1. Decode every message; bad ones become dead-letter rows.
-2. One PostgreSQL transaction: dead letters, events (`ON CONFLICT DO
-   NOTHING`, so a redelivered event is not new), state changes of the new
-   events, counters, and the consumed positions. All or nothing.
+2. One unit of work of the store (`streams.store.base.Store`: one PostgreSQL
+   transaction; the unit tests use the in-memory store): dead letters, events
+   (`ON CONFLICT DO NOTHING`, so a redelivered event is not new), state
+   changes of the new events, counters, and the consumed positions. All or
+   nothing.
 3. Redis: absolute values computed from the committed state, one pipeline.
    A crash between 2 and 3 is repaired by the redelivery, which re-projects
    every entity of the batch even though none of its events is new.
@@ -27,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import asyncpg
 
@@ -41,8 +44,8 @@ from streams.projections import RedisOp
 from streams.redis_targets import RedisTargets
 from streams.retry import until_done
 from streams.sinks import redis as redis_sink
-from streams.store import postgres as pg
-from streams.store.postgres import DeadLetterRow, StoredEvent
+from streams.store.base import DeadLetterRow, Store, StoredEvent, Tx, payload_sha
+from streams.store.postgres_store import PostgresStore
 from streams.write import deadletters
 from streams.write.families.base import Family
 
@@ -50,6 +53,9 @@ log = logging.getLogger(__name__)
 
 SINGLE_EVENT_RETRY_PAUSES_S = (0.5, 2.0)
 """Before an event is dead-lettered as processing_error, it is tried again after these."""
+
+RedisWriter = Callable[[Sequence[RedisOp]], Awaitable[None]]
+"""Writes a batch's Redis operations (by default `streams.sinks.redis.write_by_target`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,11 @@ class _Persisted:
 
 
 class BatchPipeline:
-    """Runs batches of one topic family through the steps above."""
+    """Runs batches of one topic family through the steps above.
+
+    State goes to `store` (default: the PostgreSQL store on `pool`), Redis
+    operations to `write_redis` (default: the sink on the `redis` targets).
+    """
 
     def __init__(
         self,
@@ -81,8 +91,8 @@ class BatchPipeline:
         family: Family,
         topic_prefix: str,
         consumer_group: str,
-        pool: asyncpg.Pool,
-        redis: RedisTargets,
+        pool: asyncpg.Pool | None = None,
+        redis: RedisTargets | None = None,
         publish: deadletters.Publish,
         dead_letter_topic: str,
         max_event_bytes: int,
@@ -92,13 +102,24 @@ class BatchPipeline:
         health: ConnectionHealth | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        store: Store | None = None,
+        write_redis: RedisWriter | None = None,
     ) -> None:
+        if store is None:
+            if pool is None:
+                raise TypeError("BatchPipeline needs a store, or a pool for the PostgreSQL one")
+            store = PostgresStore(pool)
+        if write_redis is None:
+            if redis is None:
+                raise TypeError("BatchPipeline needs write_redis, or the Redis targets")
+            write_redis = partial(redis_sink.write_by_target, redis)
         self.family = family
         self.topic_prefix = topic_prefix
         self.group = consumer_group
-        self.pool = pool
+        self.store = store
         self.redis = redis
         """Every key family's Redis target (SPEC §8): each op goes to its family's."""
+        self.write_redis = write_redis
         self.publish = publish
         self.dead_letter_topic = dead_letter_topic
         self.max_event_bytes = max_event_bytes
@@ -164,6 +185,7 @@ class BatchPipeline:
             else:
                 log.exception("batch of %d failed; retrying event by event", len(messages))
                 outcome.split = True
+                outcome.accepted = 0  # the failed run's count: the events are counted below
                 for message in messages:
                     sub = await self._process([message])
                     outcome.accepted += sub.accepted
@@ -185,7 +207,7 @@ class BatchPipeline:
             outcome.retries += 1
             self.retrying = True
 
-        # 2. persist (one transaction)
+        # 2. persist (one unit of work: one transaction)
         persisted = await until_done(
             lambda: self.health.track(
                 "postgres", lambda: self._persist(messages, stored, rejected)
@@ -240,17 +262,17 @@ class BatchPipeline:
         rejected: list[DeadLetterRow],
     ) -> _Persisted:
         now = self.clock()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.store.transaction() as tx:
             first, repeats = _first_of_each(stored)
-            new_ids = await pg.insert_events(conn, first)
+            new_ids = await tx.insert_events(first)
             new = [s for s in first if s.event.event_id in new_ids]
             dead = list(rejected)
             seen = [s for s in first if s.event.event_id not in new_ids]
-            dead += await self._conflicts(conn, seen + repeats)
-            result = await self.family.apply(conn, new, stored, now)
+            dead += await self._conflicts(tx, seen + repeats)
+            result = await self.family.apply(tx, new, stored, now)
             dead += [self._row_for(s, r) for s, r in result.rejections]
-            await pg.insert_dead_letters(conn, dead)
-            await pg.record_positions(conn, self.group, _positions(messages))
+            await tx.insert_dead_letters(dead)
+            await tx.record_positions(self.group, _positions(messages))
         return _Persisted(
             result.redis_ops,
             dead,
@@ -259,11 +281,11 @@ class BatchPipeline:
             [s.event.occurred_at for s in new],
         )
 
-    async def _conflicts(self, conn: pg.Connection, seen: list[StoredEvent]) -> list[DeadLetterRow]:
+    async def _conflicts(self, tx: Tx, seen: list[StoredEvent]) -> list[DeadLetterRow]:
         """A known event_id with different content: the first one wins."""
         if not seen:
             return []
-        shas = await pg.stored_payload_shas(conn, {s.event.event_id for s in seen})
+        shas = await tx.stored_payload_shas({s.event.event_id for s in seen})
         return [
             self._row_for(
                 s,
@@ -274,15 +296,13 @@ class BatchPipeline:
                 ),
             )
             for s in seen
-            if shas.get(s.event.event_id, pg.payload_sha(s.payload)) != pg.payload_sha(s.payload)
+            if shas.get(s.event.event_id, payload_sha(s.payload)) != payload_sha(s.payload)
         ]
 
     async def _project(self, ops: list[RedisOp], count_retry: Callable[[], None]) -> None:
         try:
             await until_done(
-                lambda: self.health.track(
-                    "redis", lambda: redis_sink.write_by_target(self.redis, ops)
-                ),
+                lambda: self.health.track("redis", lambda: self.write_redis(ops)),
                 max_backoff_s=self.max_backoff_s,
                 on_retry=count_retry,
             )
@@ -310,7 +330,7 @@ class BatchPipeline:
             log.exception("dead letters not published (kept in the outbox; retried every 30 s)")
 
     async def flush_dead_letters(self) -> int:
-        return await deadletters.flush(self.pool, self.publish, self.dead_letter_topic)
+        return await deadletters.flush(self.store, self.publish, self.dead_letter_topic)
 
     async def _alone(self, message: RawMessage, exc: Exception, outcome: BatchOutcome) -> None:
         """One event failed for a reason not known to be transient: try it twice more
@@ -348,9 +368,9 @@ class BatchPipeline:
         row = self._row(message, Rejection(RejectReason.PROCESSING_ERROR, repr(exc)[:1000]))
 
         async def persist() -> None:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await pg.insert_dead_letters(conn, [row])
-                await pg.record_positions(conn, self.group, _positions([message]))
+            async with self.store.transaction() as tx:
+                await tx.insert_dead_letters([row])
+                await tx.record_positions(self.group, _positions([message]))
 
         await until_done(persist, max_backoff_s=self.max_backoff_s)
         await self._publish_dead_letters()

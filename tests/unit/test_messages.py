@@ -18,7 +18,7 @@ from schemas.messages import (
     dead_letter_id,
 )
 from streams.observe.alerts import Alert
-from streams.store.postgres import StoredDeadLetter
+from streams.store.base import StoredDeadLetter
 from streams.write.deadletters import dead_letter_message
 
 AT = datetime(2025, 1, 30, 10, 30, 0, 123456, tzinfo=UTC)

@@ -39,6 +39,7 @@ from streams.observe.metrics import (
 from streams.observe.monitor import consumer_lag
 from streams.read.reader import CacheReader
 from streams.settings import Settings
+from streams.store.memory import MemoryStore
 from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 from tests import needs
 
@@ -348,14 +349,18 @@ class _SplittingPipeline(BatchPipeline):
         outcome.freshness_s = [0.25]
 
 
+async def _never_called(ops: Sequence[object]) -> None:
+    raise AssertionError("_run is replaced: no Redis write")
+
+
 async def test_a_split_batch_reports_once_with_family_and_timing() -> None:
     reports: list[BatchOutcome] = []
     pipeline = _SplittingPipeline(
         family=SimpleNamespace(topic_suffix="inference-events"),  # type: ignore[arg-type]
         topic_prefix="roleplay.",
         consumer_group="g",
-        pool=None,  # type: ignore[arg-type]
-        redis=None,  # type: ignore[arg-type]
+        store=MemoryStore(),
+        write_redis=_never_called,
         publish=None,  # type: ignore[arg-type]
         dead_letter_topic="roleplay.dead-letters",
         max_event_bytes=1024,

@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from streams.projections import RedisOp
+from streams.store.memory import MemoryStore
 from streams.write.families.sessions import SessionFamily
 from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 
@@ -19,12 +21,15 @@ def _pipeline() -> BatchPipeline:
     async def publish(topic: str, key: bytes | None, value: bytes) -> None:
         raise AssertionError("not reached")
 
+    async def write_redis(ops: Sequence[RedisOp]) -> None:
+        raise AssertionError("not reached")
+
     return BatchPipeline(
         family=SessionFamily(tz=ZoneInfo("UTC"), quota=50),
         topic_prefix="p.",
         consumer_group="g",
-        pool=None,  # type: ignore[arg-type]  # _process is replaced below
-        redis=None,  # type: ignore[arg-type]
+        store=MemoryStore(),  # _process is replaced below
+        write_redis=write_redis,
         publish=publish,
         dead_letter_topic="p.dead-letters",
         max_event_bytes=1024,

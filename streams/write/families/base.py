@@ -1,8 +1,9 @@
 """What a topic family plugs into the pipeline.
 
 A family turns a batch of stored events into state changes (inside the
-batch's PostgreSQL transaction) and into the Redis writes that project the
-resulting state. The pipeline owns ordering, retries and dead letters.
+batch's unit of work, a `streams.store.base.Tx`: one PostgreSQL transaction)
+and into the Redis writes that project the resulting state. The pipeline owns
+ordering, retries and dead letters.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 
 from schemas.events import Rejection
 from streams.projections import RedisOp
-from streams.store.postgres import Connection, StoredEvent
+from streams.store.base import StoredEvent, Tx
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Family(Protocol):
 
     async def apply(
         self,
-        conn: Connection,
+        tx: Tx,
         new: list[StoredEvent],
         batch: list[StoredEvent],
         now: datetime,

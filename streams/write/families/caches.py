@@ -7,7 +7,8 @@ touched and the latency points of every event in the batch (the stats hash
 is the leader's stats timer's: streams/write/families/stats.py).
 Voice audio is written to Redis from the event's own base64 string (the same
 bytes PostgreSQL now holds), so a clip is never re-encoded on the hot path.
-The rows are read (`streams.store.caches`) and projected (`project_ai_response`,
+The rows are read (`Tx.ai_responses`, `Tx.voice_sources`, `Tx.voice_clip_of`: on
+PostgreSQL, `streams.store.caches`) and projected (`project_ai_response`,
 `project_voice`) exactly as the reader, replay and warm-up read and project them.
 """
 
@@ -28,9 +29,7 @@ from streams.projections import (
     project_voice,
 )
 from streams.reducers.caches import latency_points, reduce_cache_events
-from streams.store import caches
-from streams.store import postgres as pg
-from streams.store.postgres import Connection, StoredEvent
+from streams.store.base import StoredEvent, Tx
 from streams.write.families.base import FamilyResult
 
 
@@ -43,28 +42,28 @@ class CacheFamily:
         self.tz = tz
 
     async def apply(
-        self, conn: Connection, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
+        self, tx: Tx, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
     ) -> FamilyResult:
         changes = reduce_cache_events([s.event for s in new], self.tz)
-        await pg.upsert_ai_entries(conn, changes.ai)
-        await pg.upsert_voice_entries(conn, changes.voice)
-        await pg.add_day_counters(conn, changes.day_counters)
+        await tx.upsert_ai_entries(changes.ai)
+        await tx.upsert_voice_entries(changes.voice)
+        await tx.add_day_counters(changes.day_counters)
         events = [s.event for s in batch]
         ops: list[RedisOp] = []
-        ops += await self._ai_ops(conn, events, now)
-        ops += await self._voice_ops(conn, events, now)
+        ops += await self._ai_ops(tx, events, now)
+        ops += await self._voice_ops(tx, events, now)
         ops += project_latencies(latency_points(events), now)
         return FamilyResult(redis_ops=ops)
 
     @staticmethod
-    async def _ai_ops(conn: Connection, events: list[Event], now: datetime) -> list[RedisOp]:
+    async def _ai_ops(tx: Tx, events: list[Event], now: datetime) -> list[RedisOp]:
         hashes = {H(e.prompt) for e in events if isinstance(e, AiResponse) and not e.cache_hit}
         if not hashes:
             return []
-        return [project_ai_response(row, now) for row in await caches.ai_responses(conn, hashes)]
+        return [project_ai_response(row, now) for row in await tx.ai_responses(hashes)]
 
     @staticmethod
-    async def _voice_ops(conn: Connection, events: list[Event], now: datetime) -> list[RedisOp]:
+    async def _voice_ops(tx: Tx, events: list[Event], now: datetime) -> list[RedisOp]:
         misses = {
             e.event_id: e for e in events if isinstance(e, VoiceSynthesized) and not e.cache_hit
         }
@@ -72,13 +71,13 @@ class CacheFamily:
             return []
         keys = {(e.speaker_id, H(e.text)) for e in misses.values()}
         ops: list[RedisOp] = []
-        for row in await caches.voice_sources(conn, keys):
+        for row in await tx.voice_sources(keys):
             source = misses.get(row.source_event_id or "")
             clip: CachedVoiceClip | None
             if source is not None:  # this batch's miss: its own base64, not re-encoded
                 clip = CachedVoiceClip(row.speaker_id, row.text_hash, source.audio, row.cached_at)
             else:  # a later clip won, from another batch: project what PostgreSQL holds
-                clip = await caches.voice_clip_of(conn, row.speaker_id, row.text_hash)
+                clip = await tx.voice_clip_of(row.speaker_id, row.text_hash)
             if clip is None:
                 ops.append(Delete(voice_key_for_hash(row.speaker_id, row.text_hash)))
             else:

@@ -23,8 +23,9 @@ from zoneinfo import ZoneInfo
 from schemas.keys import SESSION_TTL
 from streams.projections import RedisOp, figures_of_days, project_stats, stats_fields
 from streams.reducers.sessions import business_day
-from streams.store import postgres as pg
+from streams.store.base import Tx
 from streams.store.postgres import Connection
+from streams.store.postgres_store import as_tx
 
 LOOKBACK = timedelta(minutes=5)
 """How far before a look counters are searched for changes: a batch transaction
@@ -65,19 +66,23 @@ class StatsProjector:
         someone else (a replay, an earlier leader) is healed within `refresh_s`."""
 
     async def due(
-        self, conn: Connection, now: datetime, now_mono: float
+        self, tx: Tx | Connection, now: datetime, now_mono: float
     ) -> tuple[list[RedisOp], dict[date, Written]]:
-        """The writes due now, and what to remember once Redis has them."""
+        """The writes due now, and what to remember once Redis has them.
+
+        `tx`: a unit of work, or a PostgreSQL connection inside a transaction.
+        """
+        tx = as_tx(tx)
         today = business_day(now, self.tz)
-        days = {today} | await pg.days_changed_since(conn, now - LOOKBACK)
-        counters = await pg.day_counters(conn, days)
-        active = await pg.count_open_sessions(conn, now, SESSION_TTL.total_seconds())
+        days = {today} | await tx.days_changed_since(now - LOOKBACK)
+        counters = await tx.day_counters(days)
+        active = await tx.count_open_sessions(now, SESSION_TTL.total_seconds())
         figures = figures_of_days(counters, today, active, self.capacity)
         current = {day: stats_fields(f) for day, f in figures.items()}
         due = days_to_write(current, self.written, now_mono, self.refresh_s)
         if not due:
             return [], {}
-        stamped = await pg.touch_stats_days(conn, due)
+        stamped = await tx.touch_stats_days(due)
         ops = [project_stats(day, current[day], stamped[day], now) for day in due]
         return ops, {day: Written(current[day], now_mono) for day in due}
 

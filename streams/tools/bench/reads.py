@@ -11,6 +11,14 @@ first `warmup_s` (connections being opened) are not counted.
 The same reads are then served by PostgreSQL: a second reader whose Redis is
 a closed port, so its circuit breaker opens on the first read and every read
 takes the fallback path (`streams.read.recompute`), as during a Redis outage.
+
+A read the reader could not answer (`CacheUnavailableError`: neither Redis nor
+PostgreSQL in time, e.g. PostgreSQL's pool saturated by 3 000 users) is a
+figure of its level, `errors` by exception type, not the end of the run; its
+time is not in the latency figures. Each level also keeps what the reader's
+own counters moved by (`reader`: fallbacks, breaker openings, reads that
+queued for a slot and how long, round trips given more time because the event
+loop was late), which says why a level was served the way it was.
 """
 
 from __future__ import annotations
@@ -24,7 +32,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.read.reader import CacheReader, ReadResult, redis_client
+from streams.read.reader import (
+    CacheReader,
+    CacheUnavailableError,
+    ReaderStats,
+    ReadResult,
+    redis_client,
+)
 from streams.settings import Settings
 from streams.tools.bench.stats import Latency
 
@@ -53,6 +67,14 @@ class ReadLevel:
     latency: dict[Kind, Latency] = field(default_factory=dict)
     sources: Counter[str] = field(default_factory=Counter)
     """Which source served the counted reads (all one source unless something is wrong)."""
+    errors: Counter[str] = field(default_factory=Counter)
+    """Reads that raised instead of answering, by exception type (not in `latency`)."""
+    reader: dict[str, float] = field(default_factory=dict)
+    """How much the reader's counters (`READER_FIGURES`) moved during the level."""
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
 
     @property
     def reads(self) -> int:
@@ -72,6 +94,7 @@ async def _user(
     until: float,
     samples: dict[Kind, list[float]],
     sources: Counter[str],
+    errors: Counter[str],
 ) -> None:
     await asyncio.sleep(rng.uniform(0, think_s))  # users arrive spread over one turn
     turn = 0
@@ -87,7 +110,12 @@ async def _user(
         first, turn = turn % len(calls), turn + 1
         for kind, call in calls[first:] + calls[:first]:  # coroutines run when awaited
             started = time.perf_counter()
-            result = await call
+            try:
+                result = await call
+            except CacheUnavailableError as exc:
+                if started >= measure_from:
+                    errors[type(exc).__name__] += 1
+                continue
             if started >= measure_from:
                 samples[kind].append(time.perf_counter() - started)
                 sources[result.source] += 1
@@ -108,6 +136,8 @@ async def run_level(
     rng = random.Random(seed)
     samples: dict[Kind, list[float]] = {k: [] for k in KINDS}
     sources: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    before = reader.stats
     start = time.perf_counter()
     measure_from, until = start + warmup_s, start + warmup_s + seconds
     await asyncio.gather(
@@ -121,13 +151,35 @@ async def run_level(
                 until,
                 samples,
                 sources,
+                errors,
             )
             for _ in range(users)
         )
     )
-    level = ReadLevel(source, users, seconds, sources=sources)
+    level = ReadLevel(source, users, seconds, sources=sources, errors=errors)
     level.latency = {k: Latency.of_seconds(v) for k, v in samples.items()}
+    level.reader = reader_delta(before, reader.stats)
     return level
+
+
+READER_FIGURES = (
+    "fallbacks",
+    "redis_errors",
+    "breaker_opens",
+    "queued",
+    "queue_wait_s",
+    "loop_late",
+    "overloaded",
+)
+"""`ReaderStats` counters a level reports (the warm-up second included)."""
+
+
+def reader_delta(before: ReaderStats, after: ReaderStats) -> dict[str, float]:
+    """How much each of `READER_FIGURES` moved between two snapshots."""
+    return {
+        name: round(float(getattr(after, name)) - float(getattr(before, name)), 3)
+        for name in READER_FIGURES
+    }
 
 
 def redis_reader(settings: Settings) -> CacheReader:

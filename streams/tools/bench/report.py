@@ -143,6 +143,8 @@ def build_report(r: Results) -> dict[str, Any]:
                 "seconds": level.seconds,
                 "reads_per_s": _num(level.reads_per_s, 1),
                 "served_by": dict(level.sources),
+                "errors": dict(level.errors),
+                "reader": dict(level.reader),
                 **{kind: lat.as_dict() for kind, lat in level.latency.items()},
             }
             for level in r.reads
@@ -266,7 +268,8 @@ def freshness_table(report: dict[str, Any]) -> Table:
 
 def reads_table(report: dict[str, Any]) -> Table:
     table = Table(title="reads: CacheReader p50 / p99 (ms)")
-    for column in ("source", "users", "reads/s", "session", "ai", "voice 100 KB", "served by"):
+    columns = ("source", "users", "reads/s", "session", "ai", "voice 100 KB", "served by", "errors")
+    for column in columns:
         table.add_column(column, justify="right")
     for level in report["reads"]:
         cells = [
@@ -275,7 +278,12 @@ def reads_table(report: dict[str, Any]) -> Table:
         ]
         served = served_by(level["served_by"])
         table.add_row(
-            level["source"], str(level["users"]), _fmt(level["reads_per_s"]), *cells, served
+            level["source"],
+            str(level["users"]),
+            _fmt(level["reads_per_s"]),
+            *cells,
+            served,
+            errors_cell(level.get("errors") or {}),
         )
     return table
 
@@ -287,6 +295,13 @@ def served_by(counts: dict[str, int]) -> str:
         return "—"
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return " / ".join(f"{name} {n / total:.0%}" for name, n in ranked)
+
+
+def errors_cell(errors: dict[str, int]) -> str:
+    """`0`, or how many reads raised and as what (`CacheUnavailableError 412`)."""
+    if not errors:
+        return "0"
+    return ", ".join(f"{name} {n}" for name, n in sorted(errors.items(), key=lambda kv: -kv[1]))
 
 
 def memory_table(report: dict[str, Any]) -> Table:

@@ -24,3 +24,12 @@ def test_the_readme_layout_names_every_wing() -> None:
     readme = (ROOT / "README.md").read_text()
     for wing in ("write/", "read/", "store/", "worker/", "observe/", "tools/"):
         assert f"`streams/{wing}`" in readme, wing
+
+
+def test_every_setting_is_documented() -> None:
+    """Each field of the settings object appears, as its environment variable, in the README."""
+    from streams.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}" not in readme]
+    assert missing == []

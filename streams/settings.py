@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # --- read library (streams/read/reader.py) ---------------------------------------
     read_timeout_ms: int = Field(50, ge=1)
     """Budget of one Redis read; past it the read is answered from PostgreSQL."""
+    read_max_in_flight: int = Field(32, ge=1)
+    """Redis round trips one reader process keeps in flight per target; further reads
+    queue in the process, time not counted against Redis (streams/read/reader.py)."""
     breaker_fail_max: int = Field(5, ge=1)
     """Consecutive Redis failures or timeouts that open the reader's circuit breaker."""
     breaker_reset_s: float = Field(5.0, gt=0)

@@ -92,7 +92,7 @@ slower per read and shared by every service, and then timed out too. Two
 mechanisms keep that load off the breaker:
 
 - A bounded queue of the process's own, per target: at most `max_in_flight`
-  round trips in flight (MAX_IN_FLIGHT, 32: at ~0.2 ms a round trip that is
+  round trips in flight (READ_MAX_IN_FLIGHT, default 32: at ~0.2 ms a round trip that is
   ~160 000 reads/s, and at 2 ms, a remote Redis, 16 000/s, both more than one
   Python process issues); other reads wait for a slot (an
   `asyncio.Semaphore`, first come first served) and the budget starts once
@@ -732,7 +732,7 @@ class CacheReader:
             else:
                 read = ReadTarget(name, master)
             targets |= dict.fromkeys(families, read)
-        return cls(settings, targets=targets)
+        return cls(settings, targets=targets, max_in_flight=settings.read_max_in_flight)
 
     async def start(self) -> None:
         """Create the PostgreSQL pool; it connects on first use.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -463,6 +463,20 @@ class ReaderStatsLike(Protocol):
     def breaker_opens(self) -> int: ...
     @property
     def breaker_state(self) -> str: ...
+    @property
+    def replica_hits(self) -> int: ...
+    @property
+    def replica_fallbacks(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def queue_wait_s(self) -> float: ...
+    @property
+    def loop_late(self) -> int: ...
+    @property
+    def overloaded(self) -> int: ...
+    @property
+    def breakers(self) -> Mapping[str, object]: ...
 
 
 class ReaderLike(Protocol):
@@ -499,7 +513,29 @@ class ReaderCollector:
                 stats.read_throughs,
             ),
             "redis_errors": ("Redis reads that failed or ran out of budget.", stats.redis_errors),
-            "breaker_opens": ("Times the circuit breaker opened.", stats.breaker_opens),
+            "breaker_opens": ("Times a target's circuit breaker opened.", stats.breaker_opens),
+            "replica_hits": ("Of the Redis hits, served by a replica.", stats.replica_hits),
+            "replica_fallbacks": (
+                "Reads a master answered because its replica failed or its breaker was open.",
+                stats.replica_fallbacks,
+            ),
+            "queued": (
+                "Reads that waited for one of their target's READ_MAX_IN_FLIGHT slots.",
+                stats.queued,
+            ),
+            "queue_wait_seconds": (
+                "Seconds reads waited for a slot (never counted against Redis).",
+                stats.queue_wait_s,
+            ),
+            "loop_late": (
+                "Round trips given more time because this process's event loop ran late.",
+                stats.loop_late,
+            ),
+            "overloaded": (
+                "Reads PostgreSQL answered because this process was overloaded (no breaker"
+                " charged).",
+                stats.overloaded,
+            ),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(f"rpcache_reader_{name}", doc, value=value)
@@ -517,6 +553,16 @@ class ReaderCollector:
         for name in BREAKER_STATES:
             state.add_metric([name], 1.0 if current == name else 0.0)
         yield state
+        per_breaker = GaugeMetricFamily(
+            "rpcache_reader_target_breaker_state",
+            "1 for each breaker's current state: a Redis target's by its families"
+            " (e.g. voice), its replica's as <target>/replica (SPEC §8).",
+            labels=["breaker", "state"],
+        )
+        for breaker, breaker_state in sorted(stats.breakers.items()):
+            for name in BREAKER_STATES:
+                per_breaker.add_metric([breaker, name], 1.0 if str(breaker_state) == name else 0.0)
+        yield per_breaker
 
 
 def register_reader(reader: ReaderLike, registry: CollectorRegistry = REGISTRY) -> Collector:

@@ -229,6 +229,18 @@ def test_register_reader_exports_the_real_readers_stats() -> None:
     assert value(registry, "rpcache_reader_fallback_ratio") == 0
     assert value(registry, "rpcache_reader_breaker_state", state="closed") == 1
     assert value(registry, "rpcache_reader_breaker_state", state="open") == 0
+    assert value(registry, "rpcache_reader_queued_total") == 0
+    assert value(registry, "rpcache_reader_replica_hits_total") == 0
+    # One breaker per target: with REDIS_URL alone, one target serving every family.
+    assert (
+        value(
+            registry,
+            "rpcache_reader_target_breaker_state",
+            breaker="sessions+ai+voice",
+            state="closed",
+        )
+        == 1
+    )
 
 
 # --- lag and the check's verdict -------------------------------------------------------
@@ -375,3 +387,27 @@ async def test_a_split_batch_reports_once_with_family_and_timing() -> None:
     assert outcome.freshness_s == [0.25, 0.25, 0.25]
     assert outcome.family == "inference-events" and outcome.seconds > 0
     assert await pipeline.process([]) == BatchOutcome() and len(reports) == 1
+
+
+def test_each_targets_breaker_is_exported() -> None:
+    """A dead voice master opens the voice breaker only (SPEC §8: partial failure)."""
+    from streams.read.reader import BreakerState, ReaderStats
+
+    class Reader:
+        stats = ReaderStats(
+            breaker_state=BreakerState.OPEN,
+            breakers={
+                "sessions": BreakerState.CLOSED,
+                "sessions/replica": BreakerState.HALF_OPEN,
+                "voice": BreakerState.OPEN,
+            },
+        )
+
+    registry = CollectorRegistry()
+    register_reader(Reader(), registry)
+    name = "rpcache_reader_target_breaker_state"
+    assert value(registry, name, breaker="voice", state="open") == 1
+    assert value(registry, name, breaker="voice", state="closed") == 0
+    assert value(registry, name, breaker="sessions", state="closed") == 1
+    assert value(registry, name, breaker="sessions/replica", state="half_open") == 1
+    assert value(registry, "rpcache_reader_breaker_state", state="open") == 1

@@ -48,6 +48,7 @@ from streams.model import (
 from streams.projections import Delete, HashWrite, SortedSetAdd, StringWrite
 from streams.publisher import EventPublisher
 from streams.read.recompute import FAMILIES, family_chunks
+from streams.redis_targets import RedisTargets, as_targets
 from streams.settings import Settings
 
 AUDIO = base64.b64encode(b"RIFF" + bytes(range(256)) * 8).decode()
@@ -192,7 +193,7 @@ async def wait_all_stored(pool: asyncpg.Pool, model: Model, timeout_s: float) ->
 
 
 async def verify(
-    pool: asyncpg.Pool, redis: Redis, settings: Settings, model: Model
+    pool: asyncpg.Pool, redis: Redis | RedisTargets, settings: Settings, model: Model
 ) -> dict[str, int]:
     """Assert the worker's result equals the model; return the figures for the report."""
     stored = await pool.fetchval("SELECT count(*) FROM events")
@@ -221,14 +222,18 @@ async def verify(
 
 
 async def assert_redis_matches_postgres(
-    pool: asyncpg.Pool, redis: Redis, settings: Settings
+    pool: asyncpg.Pool, redis: Redis | RedisTargets, settings: Settings
 ) -> None:
-    """Every key PostgreSQL implies is in Redis with that value, and every key has a TTL."""
+    """Every key PostgreSQL implies is in Redis with that value, and every key has a TTL.
+
+    With `RedisTargets`, each key is looked for on its family's master (SPEC §8)."""
+    targets = as_targets(redis)
     now = datetime.now(UTC)
     wrong: list[str] = []
     for family in FAMILIES:
         async for chunk in family_chunks(pool, settings, family, None, now):
             for op in chunk.ops:
+                redis = targets.master_for(op.key)
                 if isinstance(op, HashWrite):
                     got = await redis.hgetall(op.key)  # type: ignore[misc]
                     if family == "stats":  # gauges of now may move between two reads
@@ -257,7 +262,12 @@ async def assert_redis_matches_postgres(
                 elif isinstance(op, Delete):
                     pass
     assert not wrong, "\n".join(wrong[:20])
-    no_ttl = [k async for k in redis.scan_iter(count=1000) if await redis.ttl(k) == -1]
+    no_ttl = [
+        k
+        for _, client in targets.distinct()
+        async for k in client.scan_iter(count=1000)
+        if await client.ttl(k) == -1
+    ]
     assert no_ttl == [], f"keys without TTL: {no_ttl[:10]}"
 
 

@@ -33,6 +33,7 @@ from schemas.messages import AlertLevel, AlertMessage, AlertState
 from streams.health import ConnectionHealth
 from streams.model import DayFigures, Publish
 from streams.projections import day_figures
+from streams.redis_targets import RedisTargets, as_targets
 from streams.reducers.sessions import business_day
 from streams.settings import Settings
 from streams.store import alerts as alert_store
@@ -168,7 +169,7 @@ class AlertEngine:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        redis: Redis,
+        redis: Redis | RedisTargets,
         health: ConnectionHealth,
         publish: Publish,
         topic: str,
@@ -176,6 +177,7 @@ class AlertEngine:
         self.settings = settings
         self.pool = pool
         self.redis = redis
+        """Every Redis target (SPEC §8), or one Redis: the Redis rules read all of them."""
         self.health = health
         self.publish = publish
         self.topic = topic
@@ -214,16 +216,27 @@ class AlertEngine:
         return day_readings(figures, self.settings.alert_min_samples)
 
     async def _redis_readings(self) -> dict[str, Reading]:
-        try:
-            memory = await self.redis.info("memory")
-            clients = await self.redis.info("clients")
-        except Exception as exc:  # Redis down: the failure-rate rule speaks for it
-            log.warning("alerts: Redis INFO failed: %r", exc)
-            return {}
-        readings = {"redis_connected_clients": Reading(float(clients["connected_clients"]))}
-        maxmemory = int(memory.get("maxmemory", 0))
-        if maxmemory:
-            readings["redis_memory_ratio"] = Reading(int(memory["used_memory"]) / maxmemory)
+        """The worst memory ratio and the most clients over every distinct Redis target:
+        one full voice master is as critical as one full shared Redis. A target that
+        does not answer is left out (the failure-rate rule speaks for it)."""
+        ratios: list[float] = []
+        clients: list[float] = []
+        for families, client in as_targets(self.redis).distinct():
+            try:
+                memory = await client.info("memory")
+                info = await client.info("clients")
+            except Exception as exc:
+                log.warning("alerts: Redis INFO of %s failed: %r", "/".join(families), exc)
+                continue
+            clients.append(float(info["connected_clients"]))
+            maxmemory = int(memory.get("maxmemory", 0))
+            if maxmemory:
+                ratios.append(int(memory["used_memory"]) / maxmemory)
+        readings: dict[str, Reading] = {}
+        if clients:
+            readings["redis_connected_clients"] = Reading(max(clients))
+        if ratios:
+            readings["redis_memory_ratio"] = Reading(max(ratios))
         return readings
 
     async def announce(self, alert: Alert) -> None:

@@ -121,7 +121,12 @@ class Runtime:
         )
         health = ConnectionHealth()
         alerts = AlertEngine(
-            settings, pool, redis, health, publish, topic_name(settings.topic_prefix, ALERTS_TOPIC)
+            settings,
+            pool,
+            targets,
+            health,
+            publish,
+            topic_name(settings.topic_prefix, ALERTS_TOPIC),
         )
         families = handlers(settings)
         sessions_family = families["sessions"]

@@ -216,6 +216,28 @@ class Runtime:
         ends = await self._offsets_client.end_offsets([TopicPartition(t, p) for t, p in partitions])
         return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
+    async def has_records_after(self, topic: str, partition: int, offset: int) -> bool:
+        """Does a record a read_committed consumer receives exist at or after `offset`?
+
+        False when only transaction markers or aborted records remain (the
+        watchdog must not call that a stall). A client outside the group,
+        opened only when a stall is suspected.
+        """
+        tp = TopicPartition(topic, partition)
+        client = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **kafka_options(self.settings),
+        )
+        await client.start()
+        try:
+            client.assign([tp])
+            client.seek(tp, offset)
+            batch = await client.getmany(tp, timeout_ms=3000, max_records=1)
+            return bool(batch.get(tp))
+        finally:
+            await client.stop()
+
     async def close(self) -> None:
         if self._offsets_client is not None:
             await self._offsets_client.stop()

@@ -91,6 +91,19 @@ async def consumer_watchdog(app: App) -> None:
         log.info("watchdog: cannot read offsets now: %r", exc)
         return
     stalls = runtime.watchdog.observe(assigned, ends, positions, runtime.retrying)
+    real = []
+    for stall in stalls:  # transaction markers and aborted records are not a stall
+        tp = (stall.topic, stall.partition)
+        try:
+            remaining = await runtime.has_records_after(*tp, positions.get(tp, -1) + 1)
+        except Exception as exc:  # the broker is away: not a stall of ours
+            log.info("watchdog: cannot read %s[%d] now: %r", *tp, exc)
+            continue
+        if remaining:
+            real.append(stall)
+        else:
+            runtime.watchdog.settled(tp, ends[tp])
+    stalls = real
     if stalls:
         log.error(
             "watchdog: consumer stalled (%s); exiting with status %d so the supervisor"

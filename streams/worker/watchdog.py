@@ -13,6 +13,14 @@ only after a batch landed.
 
 A dependency outage is not a stall: while a pipeline is retrying Redis or
 PostgreSQL, the watchdog waits with it instead of restarting the worker.
+
+Nor is an offset the worker never receives: a transaction marker (a control
+record, one per committed or aborted Kafka transaction) and the records of
+an aborted transaction occupy offsets that read_committed consumers skip,
+so the stored position stays below the end offset forever. Before calling a
+partition stalled, the timer asks Kafka whether any record remains after the
+stored position (`Runtime.has_records_after`); when none does, the partition
+is `settled` at that end offset and has no lag until the end moves.
 """
 
 from __future__ import annotations
@@ -48,6 +56,12 @@ class Watchdog:
     stall_s: float
     clock: Callable[[], float] = time.monotonic
     _seen: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
+    _settled: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def settled(self, tp: TopicPartition, end_offset: int) -> None:
+        """Nothing the worker can receive remains below `end_offset` (only transaction
+        markers or aborted records): no lag on `tp` until its end offset moves."""
+        self._settled[tp] = end_offset
 
     def observe(
         self,
@@ -61,7 +75,8 @@ class Watchdog:
         stalls: list[Stall] = []
         for tp in assigned:
             position = positions.get(tp, -1)
-            lag = end_offsets.get(tp, 0) - (position + 1)
+            end = end_offsets.get(tp, 0)
+            lag = 0 if self._settled.get(tp) == end else end - (position + 1)
             last = self._seen.get(tp)
             if last is None or last[0] != position or lag <= 0 or dependency_retrying:
                 self._seen[tp] = (

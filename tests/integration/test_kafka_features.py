@@ -9,6 +9,7 @@ transaction's) and keep consuming behind them.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -20,7 +21,7 @@ from redis.asyncio import Redis
 from schemas.events import SessionStarted
 from schemas.keys import session_key
 from streams.settings import Settings
-from tests.integration.conftest import WorkerProcess, eventually, stored_count
+from tests.integration.conftest import WorkerProcess, eventually, isolated_run, stored_count
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +102,29 @@ async def test_aborted_transactions_are_skipped(
         "SELECT count(*) FROM dead_letters WHERE topic = $1 AND original = $2", topic, b"x"
     )
     assert dead == 0
+
+
+async def test_transaction_markers_are_not_a_stall(test_env: dict[str, str]) -> None:
+    """After a transactional producer, the partition's end offset stays one past the last
+    record the worker receives (the commit marker); the watchdog must not exit for it."""
+    env = {"WATCHDOG_STALL_S": "2", "WATCHDOG_INTERVAL_S": "0.5"}
+    async with isolated_run(test_env, "txnwatch", 8, **env) as run:
+        topic = f"{run.settings.topic_prefix}session-events"
+        producer = AIOKafkaProducer(
+            bootstrap_servers=run.settings.kafka_servers,
+            transactional_id=f"rpcache-test-{uuid.uuid4().hex[:8]}",
+        )
+        await producer.start()
+        try:
+            event = _started("txn-watch")
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, event.to_json(), key=b"txn-watch", partition=0)
+            await producer.commit_transaction()
+        finally:
+            await producer.stop()
+        await eventually(lambda: stored_count(run.pool, [event.event_id]), lambda n: n == 1)
+        await asyncio.sleep(6)  # three stall periods with the marker as the only "lag"
+        assert run.worker.proc is not None and run.worker.proc.poll() is None, (
+            run.worker.log_text()[-2000:]
+        )
+        assert "consumer stalled" not in run.worker.log_text()

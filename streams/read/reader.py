@@ -153,7 +153,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
@@ -795,22 +795,9 @@ class CacheReader:
             if route.target.replica is not None:
                 breakers[f"{route.target.name}/replica"] = route.replica_breaker.state
         return ReaderStats(
-            reads=c.reads,
-            hits=c.hits,
-            misses=c.misses,
-            fallbacks=c.fallbacks,
-            read_throughs=c.read_throughs,
-            write_backs=c.write_backs,
-            write_back_errors=c.write_back_errors,
-            redis_errors=c.redis_errors,
+            **asdict(c),  # every counter of _Counters is a field of ReaderStats
             breaker_opens=sum(r.breaker.opens for r in self._distinct),
             breaker_state=self.breaker_state,
-            replica_hits=c.replica_hits,
-            replica_fallbacks=c.replica_fallbacks,
-            queued=c.queued,
-            queue_wait_s=c.queue_wait_s,
-            loop_late=c.loop_late,
-            overloaded=c.overloaded,
             breakers=breakers,
         )
 

@@ -39,16 +39,16 @@ INFERENCE_TOPIC: Final = "inference-events"
 SYNTHESIS_TOPIC: Final = "synthesis-events"
 DEAD_LETTER_TOPIC: Final = "dead-letters"
 ALERTS_TOPIC: Final = "alerts"
-TOPIC_FAMILIES: Final[dict[str, str]] = {
+AGENT_TOPICS: Final[dict[str, str]] = {
     "sessions": SESSION_TOPIC,
     "inference": INFERENCE_TOPIC,
     "synthesis": SYNTHESIS_TOPIC,
 }
-"""A topic family is one source topic with its agent and its pipeline: name → topic suffix.
+"""The source topics, each with its Faust agent and its pipeline: agent name → topic suffix.
 
-The name is the Faust agent's name and the `family` label of the metrics;
+The name is the Faust agent's name and the `agent` label of the metrics;
 the write side's registry (streams/write/registry.py) gives each its handler."""
-SOURCE_TOPICS: Final = tuple(TOPIC_FAMILIES.values())
+SOURCE_TOPICS: Final = tuple(AGENT_TOPICS.values())
 
 
 def topic_name(prefix: str, suffix: str) -> str:

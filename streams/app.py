@@ -4,7 +4,7 @@ Run it with `rpcache worker` or `faust -A streams.app worker -l info`.
 Values are consumed raw (bytes): decoding is ours, so that bad input becomes a
 dead letter instead of a Faust deserialisation crash.
 
-One agent per topic family (`schemas.keys.TOPIC_FAMILIES`, agents/) and the
+One agent per source topic (`schemas.keys.AGENT_TOPICS`, agents/) and the
 worker's timers (streams/worker/timers.py) are registered here, from their
 tables: this module imports them, they never import it.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from agents import agent_for
-from schemas.keys import DEAD_LETTER_TOPIC, TOPIC_FAMILIES, topic_name
+from schemas.keys import AGENT_TOPICS, DEAD_LETTER_TOPIC, topic_name
 from streams.observe import web
 from streams.observe.monitor import Monitor
 from streams.read.warmup import warmup
@@ -128,12 +128,12 @@ def _raw_topic(suffix: str) -> Any:
     )
 
 
-source_topics = {name: _raw_topic(suffix) for name, suffix in TOPIC_FAMILIES.items()}
-"""The source topic of each topic family, by family name."""
+source_topics = {name: _raw_topic(suffix) for name, suffix in AGENT_TOPICS.items()}
+"""The source topic of each agent, by agent name."""
 dead_letter_topic = _raw_topic(DEAD_LETTER_TOPIC)
 
-for _family, _topic in source_topics.items():
-    app.agent(_topic, name=_family)(agent_for(_family))
+for _name, _topic in source_topics.items():
+    app.agent(_topic, name=_name)(agent_for(_name))
 
 for _timer in TIMERS:
     app.timer(interval=_timer.interval_s(settings), on_leader=_timer.on_leader)(_timer.run)

@@ -3,7 +3,7 @@
 rpcache stack up        start Kafka, Redis and PostgreSQL on 127.0.0.1
 rpcache worker          run the stream processor (Faust)
 rpcache demo            simulated roleplay traffic end to end, with a summary
-rpcache replay          rebuild Redis from PostgreSQL (all or some families, rate-limited)
+rpcache replay          rebuild Redis from PostgreSQL (all or some families or kinds, rate-limited)
 rpcache warmup          load the most used entries into Redis
 rpcache check           exit 0 when the worker's heartbeat is fresh and its dependencies answer
 rpcache bench           throughput, freshness, reads and memory against the local stack
@@ -115,7 +115,13 @@ def replay(
         "all",
         "--family",
         "-f",
-        help="Comma-separated families: sessions,users,ai,voice,metrics,stats (or all).",
+        help="Comma-separated key families (SPEC §8): sessions,ai,voice (or all).",
+    ),
+    kind: str | None = typer.Option(
+        None,
+        "--kind",
+        "-k",
+        help="Comma-separated kinds of keys: stats,sessions,users,metrics,ai,voice.",
     ),
     since: str | None = typer.Option(
         None, help="Only entries active since this RFC 3339 time, e.g. 2025-01-30T09:00:00Z."
@@ -132,19 +138,19 @@ def replay(
     otherwise, and a summary at the end.
     """
     from schemas.events import parse_rfc3339
-    from streams.read.replay import parse_families, parse_rate
+    from streams.read.replay import parse_kinds, parse_rate
 
     try:
-        families, per_s = parse_families(family), parse_rate(rate)
+        kinds, per_s = parse_kinds(family, kind), parse_rate(rate)
         since_at = parse_rfc3339(since) if since else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    summary = asyncio.run(_replay(families, since_at, per_s))
+    summary = asyncio.run(_replay(kinds, since_at, per_s))
     _print_summary(summary)
 
 
-async def _replay(families: list[str], since: datetime | None, rate: float | None) -> ReplaySummary:
+async def _replay(kinds: list[str], since: datetime | None, rate: float | None) -> ReplaySummary:
     from streams.read.replay import replay as run
     from streams.settings import get_settings
     from streams.worker.runtime import open_pool, open_targets
@@ -153,7 +159,7 @@ async def _replay(families: list[str], since: datetime | None, rate: float | Non
     pool = await open_pool(settings)
     targets = open_targets(settings)  # each key to its family's Redis (SPEC §8)
     try:
-        return await run(pool, targets, settings, families, since, rate)
+        return await run(pool, targets, settings, kinds, since, rate)
     finally:
         await targets.aclose()
         await pool.close()
@@ -164,8 +170,8 @@ def _print_summary(summary: ReplaySummary) -> None:
     from rich.table import Table
 
     table = Table(title=f"replay: {summary.seconds:.1f} s")
-    for column in ("family", "keys written", "skipped (expired)"):
-        table.add_column(column, justify="left" if column == "family" else "right")
+    for column in ("kind", "keys written", "skipped (expired)"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
     for name in sorted(set(summary.written) | set(summary.expired)):
         table.add_row(name, str(summary.written[name]), str(summary.expired[name]))
     Console().print(table)

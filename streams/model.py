@@ -66,8 +66,8 @@ class BatchOutcome:
     retries: int = 0
     split: bool = False
     reasons: list[str] = field(default_factory=list)
-    family: str = ""
-    """Topic suffix of the family, e.g. `session-events` (a metrics label)."""
+    topic: str = ""
+    """Topic suffix of the batch, e.g. `session-events` (its agent is the metrics label)."""
     seconds: float = 0.0
     """Wall time of the whole batch, retries included."""
     freshness_s: list[float] = field(default_factory=list)

@@ -158,7 +158,7 @@ def _sentinel(target: Target, settings: Settings, **kwargs: Any) -> Sentinel:
     if target.sentinel_username:
         sentinel_kwargs["username"] = target.sentinel_username
     sentinel_kwargs |= _tls_options(settings, target.tls)
-    return Sentinel(  # type: ignore[no-untyped-call]
+    return Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
         list(target.sentinels),
         sentinel_kwargs=sentinel_kwargs,
         username=target.username,

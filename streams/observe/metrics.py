@@ -36,15 +36,15 @@ from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from schemas.keys import TOPIC_FAMILIES
+from schemas.keys import AGENT_TOPICS
 from streams.health import ConnectionHealth
 from streams.model import BatchOutcome, DayFigures
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, understood by every Prometheus version."""
 
-FAMILY_OF_TOPIC: dict[str, str] = {suffix: name for name, suffix in TOPIC_FAMILIES.items()}
-"""Topic suffix → the `family` label (the agents' names, `schemas.keys.TOPIC_FAMILIES`)."""
+AGENT_OF_TOPIC: dict[str, str] = {suffix: name for name, suffix in AGENT_TOPICS.items()}
+"""Topic suffix → the `agent` label (the agents' names, `schemas.keys.AGENT_TOPICS`)."""
 
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -54,8 +54,8 @@ FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 3
 QUANTILES = (0.5, 0.95, 0.99)
 
 
-def family_label(topic_suffix: str) -> str:
-    return FAMILY_OF_TOPIC.get(topic_suffix, topic_suffix)
+def agent_label(topic_suffix: str) -> str:
+    return AGENT_OF_TOPIC.get(topic_suffix, topic_suffix)
 
 
 # --- pure helpers -----------------------------------------------------------------
@@ -148,7 +148,7 @@ class PipelineMetrics:
     """Counters and histograms fed by every batch (`BatchPipeline(on_batch=...)`)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        labels = ["family"]
+        labels = ["agent"]
         self.consumed = PromCounter(
             "rpcache_events_consumed",
             "Kafka messages taken by the agents, valid or not.",
@@ -176,7 +176,7 @@ class PipelineMetrics:
         self.dead_lettered = PromCounter(
             "rpcache_events_dead_lettered",
             "Events written to dead_letters and {prefix}dead-letters, by reason.",
-            ["family", "reason"],
+            ["agent", "reason"],
             registry=registry,
         )
         self.retries = PromCounter(
@@ -206,29 +206,29 @@ class PipelineMetrics:
             buckets=FRESHNESS_BUCKETS,
             registry=registry,
         )
-        for name in TOPIC_FAMILIES:  # every series exists from the start, at 0
+        for name in AGENT_TOPICS:  # every series exists from the start, at 0
             for metric in (self.consumed, self.projected, self.new, self.duplicates, self.retries):
                 metric.labels(name)
         self.throughput = ThroughputMeter()
-        self.totals: dict[str, Counter[str]] = {name: Counter() for name in TOPIC_FAMILIES}
-        """Per family: consumed, projected, dead_lettered, batches (for the dashboard)."""
+        self.totals: dict[str, Counter[str]] = {name: Counter() for name in AGENT_TOPICS}
+        """Per agent: consumed, projected, dead_lettered, batches (for the dashboard)."""
 
     def observe(self, outcome: BatchOutcome) -> None:
-        family = family_label(outcome.family)
-        self.consumed.labels(family).inc(outcome.messages)
-        self.projected.labels(family).inc(outcome.accepted)
-        self.new.labels(family).inc(outcome.new)
-        self.duplicates.labels(family).inc(outcome.duplicates)
-        self.retries.labels(family).inc(outcome.retries)
+        agent = agent_label(outcome.topic)
+        self.consumed.labels(agent).inc(outcome.messages)
+        self.projected.labels(agent).inc(outcome.accepted)
+        self.new.labels(agent).inc(outcome.new)
+        self.duplicates.labels(agent).inc(outcome.duplicates)
+        self.retries.labels(agent).inc(outcome.retries)
         for reason, n in Counter(outcome.reasons).items():
-            self.dead_lettered.labels(family, reason).inc(n)
-        self.batch_size.labels(family).observe(outcome.messages)
-        self.batch_seconds.labels(family).observe(outcome.seconds)
-        fresh = self.freshness.labels(family)
+            self.dead_lettered.labels(agent, reason).inc(n)
+        self.batch_size.labels(agent).observe(outcome.messages)
+        self.batch_seconds.labels(agent).observe(outcome.seconds)
+        fresh = self.freshness.labels(agent)
         for seconds in outcome.freshness_s:
             fresh.observe(seconds)
         self.throughput.record(outcome.messages)
-        totals = self.totals.setdefault(family, Counter())
+        totals = self.totals.setdefault(agent, Counter())
         totals.update(
             consumed=outcome.messages,
             projected=outcome.accepted,

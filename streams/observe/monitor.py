@@ -310,7 +310,7 @@ class Monitor:
                 "per_s_10s": meter.rate(10),
                 "per_s_60s": meter.rate(60),
                 "series": meter.series(SPARKLINE_S),
-                "families": {k: dict(v) for k, v in self.metrics.totals.items()},
+                "agents": {k: dict(v) for k, v in self.metrics.totals.items()},
             },
             "lag": None
             if lag is None

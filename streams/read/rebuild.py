@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from schemas.keys import LOADED_MARKER_KEY, LOADED_MARKER_TTL
-from streams.read.recompute import FAMILIES
+from streams.read.recompute import KEY_KINDS
 from streams.read.replay import ReplaySummary, replay
 from streams.redis_targets import REPLAY_KINDS, KeyFamily, RedisTargets, as_targets
 from streams.settings import Settings
@@ -107,7 +107,7 @@ class RedisWatch:
             self.pool,
             self.targets,
             self.settings,
-            families=[k for k in FAMILIES if k in kinds],
+            kinds=[k for k in KEY_KINDS if k in kinds],
             rate=rate,
             show_progress=False,
         )

@@ -131,18 +131,20 @@ async def voice_op(conn: Connection, speaker_id: int, text_hash: str, now: datet
     return project_voice(clip, now)
 
 
-# --- bulk: every key of a family, for replay and the automatic rebuild -------------
-FAMILIES: tuple[str, ...] = ("stats", "sessions", "users", "ai", "voice", "metrics")
-"""Replay order: small, live-traffic keys first; caches by use count after."""
+# --- bulk: every key of a kind, for replay and the automatic rebuild ---------------
+KEY_KINDS: tuple[str, ...] = ("stats", "sessions", "users", "ai", "voice", "metrics")
+"""The kinds of keys replay recomputes, in replay order: small, live-traffic keys
+first; caches by use count after. Each belongs to one key family of SPEC §8
+(`streams.redis_targets.REPLAY_KINDS`)."""
 
 CHUNK = 500
 
 
 @dataclass
 class Chunk:
-    """Up to CHUNK keys of one family, and how many rows were past their TTL."""
+    """Up to CHUNK keys of one kind, and how many rows were past their TTL."""
 
-    family: str
+    kind: str
     ops: list[RedisOp]
     expired: int
 
@@ -152,7 +154,7 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class _Bulk(Generic[R]):
-    """A family's rows (a store cursor: since, now) and its key kind's function."""
+    """A key kind's rows (a store cursor: since, now) and its row → value function."""
 
     rows: Callable[[Connection, datetime | None, datetime], AsyncIterator[R]]
     ops: Callable[[Connection, Settings, list[R], datetime], Awaitable[list[RedisOp]]]
@@ -168,23 +170,23 @@ _BULK: dict[str, _Bulk[Any]] = {
 }
 
 
-async def family_chunks(
-    pool: asyncpg.Pool, settings: Settings, family: str, since: datetime | None, now: datetime
+async def kind_chunks(
+    pool: asyncpg.Pool, settings: Settings, kind: str, since: datetime | None, now: datetime
 ) -> AsyncIterator[Chunk]:
-    """Every key of `family` PostgreSQL can recompute, most used first for caches."""
-    bulk = _BULK[family]
+    """Every key of `kind` PostgreSQL can recompute, most used first for caches."""
+    bulk = _BULK[kind]
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         rows: list[Any] = []
         async for row in bulk.rows(conn, since, now):
             rows.append(row)
             if len(rows) == CHUNK:
-                yield _split(family, await bulk.ops(conn, settings, rows, now))
+                yield _split(kind, await bulk.ops(conn, settings, rows, now))
                 rows = []
         if rows:
-            yield _split(family, await bulk.ops(conn, settings, rows, now))
+            yield _split(kind, await bulk.ops(conn, settings, rows, now))
 
 
-def _split(family: str, ops: list[RedisOp]) -> Chunk:
+def _split(kind: str, ops: list[RedisOp]) -> Chunk:
     """The ops to write, and how many keys are expired (not recreated)."""
     live: list[RedisOp] = [op for op in ops if not isinstance(op, Delete)]
-    return Chunk(family, live, len(ops) - len(live))
+    return Chunk(kind, live, len(ops) - len(live))

@@ -29,8 +29,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from streams.read.recompute import CHUNK, FAMILIES, family_chunks
-from streams.redis_targets import RedisTargets, as_targets
+from streams.read.recompute import CHUNK, KEY_KINDS, kind_chunks
+from streams.redis_targets import KEY_FAMILIES, REPLAY_KINDS, RedisTargets, as_targets
 from streams.retry import until_done
 from streams.settings import Settings
 from streams.sinks import redis as redis_sink
@@ -46,22 +46,48 @@ class ReplaySummary:
 
     def line(self) -> str:
         per = ", ".join(
-            f"{f}: {self.written[f]} written, {self.expired[f]} expired"
-            for f in FAMILIES
-            if f in self.written or f in self.expired
+            f"{k}: {self.written[k]} written, {self.expired[k]} expired"
+            for k in KEY_KINDS
+            if k in self.written or k in self.expired
         )
         return f"replay done in {self.seconds:.1f} s ({per or 'nothing to do'})"
 
 
-def parse_families(text: str | None) -> list[str]:
-    """`sessions,ai` → those families in replay order; None or "all" → every family."""
-    if not text or text == "all":
-        return list(FAMILIES)
-    wanted = {f.strip() for f in text.split(",") if f.strip()}
-    unknown = wanted - set(FAMILIES)
-    if unknown:
-        raise ValueError(f"unknown families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
-    return [f for f in FAMILIES if f in wanted]
+def parse_kinds(families: str | None, kinds: str | None = None) -> list[str]:
+    """The kinds of keys to replay, in replay order (`KEY_KINDS`).
+
+    `families`: comma-separated key families of SPEC §8 (`sessions,ai,voice`),
+    each meaning all its kinds (`REPLAY_KINDS`); `kinds`: comma-separated kinds
+    (`stats,sessions,users,metrics,ai,voice`). Both None or "all" → every kind;
+    both given → the kinds in either. Raises ValueError naming what is unknown.
+    """
+    wanted: set[str] = set()
+    if families and families != "all":
+        chosen = _names(families)
+        if unknown := chosen - set(KEY_FAMILIES):
+            raise ValueError(
+                f"unknown families {sorted(unknown)}; choose from {', '.join(KEY_FAMILIES)}"
+                + _kind_hint(unknown)
+            )
+        wanted |= {k for f in KEY_FAMILIES if f in chosen for k in REPLAY_KINDS[f]}
+    if kinds and kinds != "all":
+        chosen = _names(kinds)
+        if unknown := chosen - set(KEY_KINDS):
+            raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {', '.join(KEY_KINDS)}")
+        wanted |= chosen
+    if not wanted:
+        return list(KEY_KINDS)
+    return [k for k in KEY_KINDS if k in wanted]
+
+
+def _names(text: str) -> set[str]:
+    return {name.strip() for name in text.split(",") if name.strip()}
+
+
+def _kind_hint(unknown: set[str]) -> str:
+    """Before the rename, `--family` took kinds; say where they went."""
+    moved = sorted(unknown & set(KEY_KINDS))
+    return f" ({', '.join(moved)}: a kind of key, use --kind)" if moved else ""
 
 
 def parse_rate(text: str | None) -> float | None:
@@ -78,12 +104,12 @@ async def replay(
     pool: asyncpg.Pool,
     redis: Redis | RedisTargets,
     settings: Settings,
-    families: Iterable[str] = FAMILIES,
+    kinds: Iterable[str] = KEY_KINDS,
     since: datetime | None = None,
     rate: float | None = None,
     show_progress: bool | None = None,
 ) -> ReplaySummary:
-    """Write every live key of `families` to Redis; `rate` caps keys per second.
+    """Write every live key of `kinds` to Redis; `rate` caps keys per second.
 
     `redis`: the targets of every key family (SPEC §8; each key goes to its
     family's), or one client for all of them.
@@ -94,10 +120,10 @@ async def replay(
     limiter = AsyncLimiter(max(rate, 1), 1) if rate else None
     progress = _progress(show_progress)
     with progress:
-        for family in families:
-            task = progress.add_task(family, total=None)
+        for kind in kinds:
+            task = progress.add_task(kind, total=None)
             now = datetime.now(UTC)
-            async for chunk in family_chunks(pool, settings, family, since, now):
+            async for chunk in kind_chunks(pool, settings, kind, since, now):
                 for start in range(0, len(chunk.ops), _step(rate)):
                     ops = chunk.ops[start : start + _step(rate)]
                     if limiter is not None:
@@ -106,13 +132,13 @@ async def replay(
                         lambda ops=ops: redis_sink.write_by_target(targets, ops),  # type: ignore[misc]
                         max_backoff_s=settings.retry_max_backoff_s,
                     )
-                    summary.written[family] += len(ops)
+                    summary.written[kind] += len(ops)
                     progress.advance(task, len(ops))
-                summary.expired[family] += chunk.expired
-            progress.update(task, total=summary.written[family])
+                summary.expired[kind] += chunk.expired
+            progress.update(task, total=summary.written[kind])
             log.info(
                 "replay %s: %d keys written, %d expired not recreated",
-                family, summary.written[family], summary.expired[family],
+                kind, summary.written[kind], summary.expired[kind],
             )  # fmt: skip
     summary.seconds = time.monotonic() - started
     return summary

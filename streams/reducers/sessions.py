@@ -1,4 +1,4 @@
-"""Pure reducers of the session family: events in, new state and counters out.
+"""Pure reducers of the session events: events in, new state and counters out.
 
 `reduce_session_events` applies new (never seen before) events, in Kafka
 order, to the sessions and users they touch. It does no I/O; the pipeline
@@ -172,7 +172,7 @@ def _newer_than_current(changes: SessionChanges, user: UserState, started_at: da
 
     Event time decides, not arrival order: a start that arrives late, while a
     session started after it is still open, leaves current_session_id alone.
-    The caller loads the current session for this (SessionFamily.apply); when
+    The caller loads the current session for this (SessionHandler.apply); when
     it is unknown, the new start wins.
     """
     current = changes.sessions.get(user.current_session_id or "")
@@ -185,7 +185,7 @@ def _newer_than_current(changes: SessionChanges, user: UserState, started_at: da
 
 
 def _touch_user(ctx: _Ctx, user_id: str, at: datetime) -> None:
-    """Every session-family event renews the user's state (and its 1 h TTL)."""
+    """Every session event renews the user's state (and its 1 h TTL)."""
     users = ctx.changes.users
     user = users.get(user_id)
     if user is None:

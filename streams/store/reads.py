@@ -1,7 +1,7 @@
 """What replay, the rebuild and warm-up read besides the caches (`caches.py`).
 
 Bulk reads stream every row of a key kind through a cursor, so they must run
-inside a transaction (`streams.read.recompute.family_chunks` opens a read-only
+inside a transaction (`streams.read.recompute.kind_chunks` opens a read-only
 one). Each takes `since` (None: every row) and `now`, whether its statement
 needs `now` or not, so recompute drives every kind the same way.
 """

@@ -1,7 +1,7 @@
 """Connections and pipelines of one worker process, opened once on start.
 
 The agents find everything they need here (`app.runtime`): the PostgreSQL
-pool, the Redis client and one `BatchPipeline` per topic family.
+pool, the Redis client and one `BatchPipeline` per source topic.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from streams.store.migrate import migrate
 from streams.worker.topics import ensure_topics
 from streams.worker.watchdog import Watchdog
 from streams.write import deadletters
-from streams.write.families.base import Family
-from streams.write.families.sessions import SessionFamily
-from streams.write.families.stats import StatsProjector
+from streams.write.handlers.base import Handler
+from streams.write.handlers.sessions import SessionHandler
+from streams.write.handlers.stats import StatsProjector
 from streams.write.pipeline import BatchPipeline
 from streams.write.registry import handlers
 
@@ -97,9 +97,9 @@ class Runtime:
     """The sessions family's master: stats, the data-loss marker, INFO for the alerts."""
     targets: RedisTargets
     """Every family's target; the write path sends each key to its own."""
-    sessions_family: SessionFamily
+    sessions_handler: SessionHandler
     pipelines: dict[str, BatchPipeline]
-    """One per topic family (streams/write/registry.py), by family name."""
+    """One per source topic (streams/write/registry.py), by agent name."""
     stats: StatsProjector
     health: ConnectionHealth
     alerts: AlertEngine
@@ -128,18 +128,18 @@ class Runtime:
             publish,
             topic_name(settings.topic_prefix, ALERTS_TOPIC),
         )
-        families = handlers(settings)
-        sessions_family = families["sessions"]
-        assert isinstance(sessions_family, SessionFamily)  # the idle sweep is its own
+        by_agent = handlers(settings)
+        sessions_handler = by_agent["sessions"]
+        assert isinstance(sessions_handler, SessionHandler)  # the idle sweep is its own
         metrics = PipelineMetrics()
 
         def on_batch(outcome: BatchOutcome) -> None:
             alerts.mark_changed()
             metrics.observe(outcome)
 
-        def pipeline(fam: Family) -> BatchPipeline:
+        def pipeline(fam: Handler) -> BatchPipeline:
             return BatchPipeline(
-                family=fam,
+                handler=fam,
                 topic_prefix=settings.topic_prefix,
                 consumer_group=settings.app_id,
                 pool=pool,
@@ -159,8 +159,8 @@ class Runtime:
             pool=pool,
             redis=redis,
             targets=targets,
-            sessions_family=sessions_family,
-            pipelines={name: pipeline(handler) for name, handler in families.items()},
+            sessions_handler=sessions_handler,
+            pipelines={name: pipeline(handler) for name, handler in by_agent.items()},
             stats=stats,
             health=health,
             alerts=alerts,
@@ -171,11 +171,11 @@ class Runtime:
 
     @property
     def retrying(self) -> bool:
-        """A batch of some family waits for Redis or PostgreSQL to come back."""
+        """A batch of some topic waits for Redis or PostgreSQL to come back."""
         return any(p.retrying for p in self.pipelines.values())
 
     async def flush_dead_letters(self) -> int:
-        """Publish what the outbox holds (any pipeline flushes every family's rows)."""
+        """Publish what the outbox holds (any pipeline flushes every topic's rows)."""
         return await next(iter(self.pipelines.values())).flush_dead_letters()
 
     async def sweep_idle_sessions(self) -> int:
@@ -184,7 +184,7 @@ class Runtime:
 
         async def persist() -> list[RedisOp]:
             async with self.pool.acquire() as conn, conn.transaction():
-                return await self.sessions_family.sweep(conn, now)
+                return await self.sessions_handler.sweep(conn, now)
 
         ops = await until_done(persist, max_backoff_s=self.settings.retry_max_backoff_s)
         await until_done(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from schemas.keys import TOPIC_FAMILIES, topic_name
+from schemas.keys import AGENT_TOPICS, topic_name
 from streams.observe import heartbeat
 from streams.settings import Settings
 from streams.store import postgres as pg
@@ -38,7 +38,7 @@ async def sweep_idle_sessions(app: App) -> None:
 
 
 async def project_stats(app: App) -> None:
-    """The one writer of stats:realtime:{day} (streams/write/families/stats.py)."""
+    """The one writer of stats:realtime:{day} (streams/write/handlers/stats.py)."""
     runtime: Runtime = app.runtime
     try:
         await runtime.project_stats()
@@ -80,7 +80,7 @@ async def consumer_watchdog(app: App) -> None:
     settings = runtime.settings
     if not settings.watchdog_stall_s:
         return
-    sources = {topic_name(settings.topic_prefix, s) for s in TOPIC_FAMILIES.values()}
+    sources = {topic_name(settings.topic_prefix, s) for s in AGENT_TOPICS.values()}
     assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in sources]
     if not assigned:
         return

@@ -47,7 +47,7 @@ from streams.sinks import redis as redis_sink
 from streams.store.base import DeadLetterRow, Store, StoredEvent, Tx, payload_sha
 from streams.store.postgres_store import PostgresStore
 from streams.write import deadletters
-from streams.write.families.base import Family
+from streams.write.handlers.base import Handler
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class _Persisted:
 
 
 class BatchPipeline:
-    """Runs batches of one topic family through the steps above.
+    """Runs batches of one source topic through the steps above.
 
     State goes to `store` (default: the PostgreSQL store on `pool`), Redis
     operations to `write_redis` (default: the sink on the `redis` targets).
@@ -88,7 +88,7 @@ class BatchPipeline:
     def __init__(
         self,
         *,
-        family: Family,
+        handler: Handler,
         topic_prefix: str,
         consumer_group: str,
         pool: asyncpg.Pool | None = None,
@@ -113,7 +113,7 @@ class BatchPipeline:
             if redis is None:
                 raise TypeError("BatchPipeline needs write_redis, or the Redis targets")
             write_redis = partial(redis_sink.write_by_target, redis)
-        self.family = family
+        self.handler = handler
         self.topic_prefix = topic_prefix
         self.group = consumer_group
         self.store = store
@@ -147,7 +147,7 @@ class BatchPipeline:
             return BatchOutcome()
         started = time.monotonic()
         outcome = await self._process_until_done(messages)
-        outcome.family = self.family.topic_suffix
+        outcome.topic = self.handler.topic_suffix
         outcome.seconds = time.monotonic() - started
         self.retrying = False
         if self.on_batch is not None:
@@ -269,7 +269,7 @@ class BatchPipeline:
             dead = list(rejected)
             seen = [s for s in first if s.event.event_id not in new_ids]
             dead += await self._conflicts(tx, seen + repeats)
-            result = await self.family.apply(tx, new, stored, now)
+            result = await self.handler.apply(tx, new, stored, now)
             dead += [self._row_for(s, r) for s, r in result.rejections]
             await tx.insert_dead_letters(dead)
             await tx.record_positions(self.group, _positions(messages))

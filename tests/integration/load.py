@@ -47,7 +47,7 @@ from streams.model import (
 )
 from streams.projections import Delete, HashWrite, SortedSetAdd, StringWrite
 from streams.publisher import EventPublisher
-from streams.read.recompute import FAMILIES, family_chunks
+from streams.read.recompute import KEY_KINDS, kind_chunks
 from streams.redis_targets import RedisTargets, as_targets
 from streams.settings import Settings
 
@@ -230,13 +230,13 @@ async def assert_redis_matches_postgres(
     targets = as_targets(redis)
     now = datetime.now(UTC)
     wrong: list[str] = []
-    for family in FAMILIES:
-        async for chunk in family_chunks(pool, settings, family, None, now):
+    for kind in KEY_KINDS:
+        async for chunk in kind_chunks(pool, settings, kind, None, now):
             for op in chunk.ops:
                 redis = targets.master_for(op.key)
                 if isinstance(op, HashWrite):
                     got = await redis.hgetall(op.key)  # type: ignore[misc]
-                    if family == "stats":  # gauges of now may move between two reads
+                    if kind == "stats":  # gauges of now may move between two reads
                         got = {
                             k: v
                             for k, v in got.items()

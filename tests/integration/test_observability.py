@@ -128,8 +128,8 @@ async def publish_sequence(run: IsolatedRun) -> None:
 
 def settled(samples: Samples) -> bool:
     consumed = {
-        family: value(samples, "rpcache_events_consumed_total", family=family)
-        for family in ("sessions", "inference", "synthesis")
+        agent: value(samples, "rpcache_events_consumed_total", agent=agent)
+        for agent in ("sessions", "inference", "synthesis")
     }
     return consumed == {"sessions": 4, "inference": 12, "synthesis": 2} and (
         value(samples, "rpcache_alerts_firing") == 1
@@ -162,28 +162,28 @@ async def obs(test_env: dict[str, str]) -> AsyncIterator[Obs]:
 async def test_metrics_after_a_known_sequence(obs: Obs) -> None:
     m = await obs.metrics()
 
-    def fam(name: str, family: str, **labels: str) -> float | None:
-        return value(m, name, family=family, **labels)
+    def per_agent(name: str, agent: str, **labels: str) -> float | None:
+        return value(m, name, agent=agent, **labels)
 
-    # events consumed / projected / dead-lettered per topic family
-    families = ("sessions", "inference", "synthesis")
-    assert [fam("rpcache_events_projected_total", f) for f in families] == [3, 12, 2]
-    assert [fam("rpcache_events_new_total", f) for f in families] == [3, 11, 2]
-    assert fam("rpcache_events_duplicate_total", "inference") == 1
-    assert fam("rpcache_events_dead_lettered_total", "sessions", reason="invalid_json") == 1
+    # events consumed / projected / dead-lettered per agent
+    agents = ("sessions", "inference", "synthesis")
+    assert [per_agent("rpcache_events_projected_total", a) for a in agents] == [3, 12, 2]
+    assert [per_agent("rpcache_events_new_total", a) for a in agents] == [3, 11, 2]
+    assert per_agent("rpcache_events_duplicate_total", "inference") == 1
+    assert per_agent("rpcache_events_dead_lettered_total", "sessions", reason="invalid_json") == 1
     dead = [k for k in m if k[0] == "rpcache_events_dead_lettered_total"]
     assert len(dead) == 1
     # batch size and time histograms: every consumed message is in exactly one batch
-    for family, consumed in (("sessions", 4), ("inference", 12), ("synthesis", 2)):
-        assert fam("rpcache_batch_size_sum", family) == consumed
-        batches = fam("rpcache_batch_size_count", family)
+    for agent, consumed in (("sessions", 4), ("inference", 12), ("synthesis", 2)):
+        assert per_agent("rpcache_batch_size_sum", agent) == consumed
+        batches = per_agent("rpcache_batch_size_count", agent)
         assert batches is not None and 1 <= batches <= consumed
-        assert fam("rpcache_batch_seconds_count", family) == batches
-        assert fam("rpcache_batch_seconds_bucket", family, le="+Inf") == batches
+        assert per_agent("rpcache_batch_seconds_count", agent) == batches
+        assert per_agent("rpcache_batch_seconds_bucket", agent, le="+Inf") == batches
     # freshness: one observation per new event, each well under the test's duration
-    for family, new in (("sessions", 3), ("inference", 11), ("synthesis", 2)):
-        assert fam("rpcache_event_freshness_seconds_count", family) == new
-        assert fam("rpcache_event_freshness_seconds_bucket", family, le="60.0") == new
+    for agent, new in (("sessions", 3), ("inference", 11), ("synthesis", 2)):
+        assert per_agent("rpcache_event_freshness_seconds_count", agent) == new
+        assert per_agent("rpcache_event_freshness_seconds_bucket", agent, le="60.0") == new
     # today's figures, from PostgreSQL
     assert value(m, "rpcache_cache_hit_rate", cache="ai") == 0.6
     assert value(m, "rpcache_cache_hit_rate", cache="voice") == 0.5
@@ -238,7 +238,7 @@ async def test_dashboard_json_reports_the_same_figures(obs: Obs) -> None:
     assert d["latency"]["response_time"]["1h"] == {"count": 10, "p50": 50, "p95": 400, "p99": 400}
     assert d["latency"]["synthesis_time"]["5m"] == {"count": 2, "p50": 100, "p95": 500, "p99": 500}
     assert d["lag"]["total"] == 0
-    assert d["throughput"]["families"]["inference"]["consumed"] == 12
+    assert d["throughput"]["agents"]["inference"]["consumed"] == 12
     assert [a["rule"] for a in d["alerts"]["firing"]] == ["ai_cache_hit_rate_low"]
     history = {(h["rule"], h["state"]) for h in d["alerts"]["history"]}
     assert ("ai_cache_hit_rate_low", "firing") in history
@@ -300,11 +300,11 @@ async def test_dashboard_in_headless_chromium(obs: Obs) -> None:
             assert await text("#lag-partitions tr").count() == 3 * obs.run.settings.topic_partitions
             assert await text('#alerts-firing [data-rule="ai_cache_hit_rate_low"]').count() == 1
             assert await text('#alert-history tr[data-rule="ai_cache_hit_rate_low"]').count() >= 1
-            families = {
-                f: await text(f'#families tr[data-family="{f}"] td').all_inner_texts()
-                for f in ("sessions", "inference", "synthesis")
+            agents = {
+                a: await text(f'#agents tr[data-agent="{a}"] td').all_inner_texts()
+                for a in ("sessions", "inference", "synthesis")
             }
-            assert families == {
+            assert agents == {
                 "sessions": ["sessions", "4", "3", "1"],
                 "inference": ["inference", "12", "12", "0"],
                 "synthesis": ["synthesis", "2", "2", "0"],

@@ -87,7 +87,7 @@ async def test_every_reader_projects_only_clips_with_audio_and_cached_at(
     assert (held.key, held.value) == (voice_key_for_hash(SPEAKER, "held"), HELD.audio_b64)
     assert ops == {h: Delete(voice_key_for_hash(SPEAKER, h)) for h in ROWS if h != "held"}
     # replay and the rebuild
-    chunks = [c async for c in recompute.family_chunks(pool, settings, "voice", None, NOW)]
+    chunks = [c async for c in recompute.kind_chunks(pool, settings, "voice", None, NOW)]
     assert [op.key for c in chunks for op in c.ops] == [voice_key_for_hash(SPEAKER, "held")]
     assert sum(c.expired for c in chunks) == 0
 

@@ -110,7 +110,7 @@ def test_throughput_meter_buckets_by_second() -> None:
 def test_pipeline_metrics_count_a_batch() -> None:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
-    assert value(registry, "rpcache_events_consumed_total", family="synthesis") == 0
+    assert value(registry, "rpcache_events_consumed_total", agent="synthesis") == 0
     metrics.observe(
         BatchOutcome(
             messages=5,
@@ -120,13 +120,13 @@ def test_pipeline_metrics_count_a_batch() -> None:
             dead_letters=1,
             retries=2,
             reasons=["invalid_json"],
-            family="session-events",
+            topic="session-events",
             seconds=0.02,
             freshness_s=[0.05, 0.2, 3.0],
         )
     )
-    metrics.observe(BatchOutcome(messages=1, accepted=1, new=1, family="session-events"))
-    v = lambda name, **kw: value(registry, name, family="sessions", **kw)  # noqa: E731
+    metrics.observe(BatchOutcome(messages=1, accepted=1, new=1, topic="session-events"))
+    v = lambda name, **kw: value(registry, name, agent="sessions", **kw)  # noqa: E731
     assert v("rpcache_events_consumed_total") == 6
     assert v("rpcache_events_projected_total") == 5
     assert v("rpcache_events_new_total") == 4
@@ -365,10 +365,10 @@ async def _never_called(ops: Sequence[object]) -> None:
     raise AssertionError("_run is replaced: no Redis write")
 
 
-async def test_a_split_batch_reports_once_with_family_and_timing() -> None:
+async def test_a_split_batch_reports_once_with_topic_and_timing() -> None:
     reports: list[BatchOutcome] = []
     pipeline = _SplittingPipeline(
-        family=SimpleNamespace(topic_suffix="inference-events"),  # type: ignore[arg-type]
+        handler=SimpleNamespace(topic_suffix="inference-events"),  # type: ignore[arg-type]
         topic_prefix="roleplay.",
         consumer_group="g",
         store=MemoryStore(),
@@ -385,7 +385,7 @@ async def test_a_split_batch_reports_once_with_family_and_timing() -> None:
     assert reports == [outcome]
     assert (outcome.messages, outcome.accepted, outcome.new, outcome.split) == (3, 3, 3, True)
     assert outcome.freshness_s == [0.25, 0.25, 0.25]
-    assert outcome.family == "inference-events" and outcome.seconds > 0
+    assert outcome.topic == "inference-events" and outcome.seconds > 0
     assert await pipeline.process([]) == BatchOutcome() and len(reports) == 1
 
 

@@ -26,9 +26,9 @@ from schemas.keys import INFERENCE_TOPIC, SESSION_TOPIC, SYNTHESIS_TOPIC, sessio
 from streams.model import DayCounters
 from streams.projections import RedisOp
 from streams.store.memory import MemoryStore, MemoryTx
-from streams.write.families.base import Family
-from streams.write.families.caches import CacheFamily
-from streams.write.families.sessions import SessionFamily
+from streams.write.handlers.base import Handler
+from streams.write.handlers.caches import CacheHandler
+from streams.write.handlers.sessions import SessionHandler
 from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 
 PREFIX = "p."
@@ -82,9 +82,9 @@ class _RecordingTx:
 
 @dataclass
 class Run:
-    """A pipeline of one family on the fakes, and what they saw."""
+    """A pipeline of one handler on the fakes, and what they saw."""
 
-    family: Family
+    handler: Handler
     fault: Fault | None = None
     redis_fails: list[BaseException] = field(default_factory=list)
     publish_fails: list[BaseException] = field(default_factory=list)
@@ -97,7 +97,7 @@ class Run:
     def __post_init__(self) -> None:
         self.store = RecordingStore(self.log, self.fault)
         self.pipeline = BatchPipeline(
-            family=self.family,
+            handler=self.handler,
             topic_prefix=PREFIX,
             consumer_group=GROUP,
             store=self.store,
@@ -139,16 +139,16 @@ class Run:
         return sorted(d.reason for d in self.tables.dead_letters.values())
 
 
-def sessions() -> SessionFamily:
-    return SessionFamily(tz=UTC_TZ, quota=50)
+def sessions() -> SessionHandler:
+    return SessionHandler(tz=UTC_TZ, quota=50)
 
 
-def inference() -> CacheFamily:
-    return CacheFamily(INFERENCE_TOPIC, UTC_TZ)
+def inference() -> CacheHandler:
+    return CacheHandler(INFERENCE_TOPIC, UTC_TZ)
 
 
-def synthesis() -> CacheFamily:
-    return CacheFamily(SYNTHESIS_TOPIC, UTC_TZ)
+def synthesis() -> CacheHandler:
+    return CacheHandler(SYNTHESIS_TOPIC, UTC_TZ)
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -275,7 +275,7 @@ async def test_a_rejection_of_the_reducer_is_a_dead_letter_too() -> None:
 
 # --- 2. duplicates and conflicts ----------------------------------------------------------
 @pytest.mark.parametrize(
-    ("make_family", "kind", "event", "counters"),
+    ("make_handler", "kind", "event", "counters"),
     [
         (sessions, "session", lambda: started(new_id()), DayCounters(sessions_started=1)),
         (
@@ -289,12 +289,12 @@ async def test_a_rejection_of_the_reducer_is_a_dead_letter_too() -> None:
     ids=["session", "ai", "voice"],
 )
 async def test_a_duplicate_event_has_no_effect_but_is_projected_again(
-    make_family: Callable[[], Family],
+    make_handler: Callable[[], Handler],
     kind: str,
     event: Callable[[], dict[str, Any]],
     counters: DayCounters,
 ) -> None:
-    run = Run(make_family())
+    run = Run(make_handler())
     value = event()
     first = await run.process(msg(0, value, TOPIC[kind]))
     tables_after_first = (
@@ -467,7 +467,7 @@ async def test_a_transient_failure_is_retried_without_skipping(where: str) -> No
 
 
 async def test_the_caches_of_a_batch_are_projected_from_the_stored_rows() -> None:
-    """The inference family through the pipeline: a hit counts, writes no response; the
+    """The inference handler through the pipeline: a hit counts, writes no response; the
     latest miss (by occurred_at) is the one projected."""
     run = Run(inference())
     late = {**ai_response("p"), "occurred_at": at(50), "response": "late"}

@@ -11,7 +11,7 @@ import pytest
 
 from streams.projections import RedisOp
 from streams.store.memory import MemoryStore
-from streams.write.families.sessions import SessionFamily
+from streams.write.handlers.sessions import SessionHandler
 from streams.write.pipeline import BatchOutcome, BatchPipeline, RawMessage
 
 MESSAGES = [RawMessage("p.session-events", 0, 7, b"k", b"{}")]
@@ -25,7 +25,7 @@ def _pipeline() -> BatchPipeline:
         raise AssertionError("not reached")
 
     return BatchPipeline(
-        family=SessionFamily(tz=ZoneInfo("UTC"), quota=50),
+        handler=SessionHandler(tz=ZoneInfo("UTC"), quota=50),
         topic_prefix="p.",
         consumer_group="g",
         store=MemoryStore(),  # _process is replaced below

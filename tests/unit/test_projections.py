@@ -17,7 +17,7 @@ from streams.projections import (
     project_user,
     project_voice,
 )
-from streams.write.families.stats import Written, days_to_write
+from streams.write.handlers.stats import Written, days_to_write
 
 T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
 SID = "550e8400-e29b-41d4-a716-446655440000"

@@ -57,7 +57,7 @@ def _listen(
 ) -> None:
     """Child process: record when each key is first written (CLOCK_MONOTONIC)."""
     client = redis_sync.Redis.from_url(url, **options)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
     pubsub.subscribe(f"__keyevent@{db}__:set", f"__keyevent@{db}__:hset")
     confirmed = 0
     while confirmed < 2:

@@ -1,10 +1,10 @@
-"""The inference and synthesis families: AI-response and voice-clip caches,
+"""The inference and synthesis handlers: AI-response and voice-clip caches,
 latency metrics and the stats counters they feed.
 
 Inside the batch transaction: upsert entries and use counts of the new
 events, add their day counters; then project the entries the batch's misses
 touched and the latency points of every event in the batch (the stats hash
-is the leader's stats timer's: streams/write/families/stats.py).
+is the leader's stats timer's: streams/write/handlers/stats.py).
 Voice audio is written to Redis from the event's own base64 string (the same
 bytes PostgreSQL now holds), so a clip is never re-encoded on the hot path.
 The rows are read (`Tx.ai_responses`, `Tx.voice_sources`, `Tx.voice_clip_of`: on
@@ -30,10 +30,10 @@ from streams.projections import (
 )
 from streams.reducers.caches import latency_points, reduce_cache_events
 from streams.store.base import StoredEvent, Tx
-from streams.write.families.base import FamilyResult
+from streams.write.handlers.base import HandlerResult
 
 
-class CacheFamily:
+class CacheHandler:
     """Serves both topics: each event type only touches its own tables."""
 
     def __init__(self, topic_suffix: str, tz: ZoneInfo) -> None:
@@ -43,7 +43,7 @@ class CacheFamily:
 
     async def apply(
         self, tx: Tx, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
-    ) -> FamilyResult:
+    ) -> HandlerResult:
         changes = reduce_cache_events([s.event for s in new], self.tz)
         await tx.upsert_ai_entries(changes.ai)
         await tx.upsert_voice_entries(changes.voice)
@@ -53,7 +53,7 @@ class CacheFamily:
         ops += await self._ai_ops(tx, events, now)
         ops += await self._voice_ops(tx, events, now)
         ops += project_latencies(latency_points(events), now)
-        return FamilyResult(redis_ops=ops)
+        return HandlerResult(redis_ops=ops)
 
     @staticmethod
     async def _ai_ops(tx: Tx, events: list[Event], now: datetime) -> list[RedisOp]:

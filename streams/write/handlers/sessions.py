@@ -1,10 +1,10 @@
-"""The session family: sessions, user state and the session counters of the stats.
+"""The session-events handler: sessions, user state and the session counters of the stats.
 
 Inside the batch's unit of work (`streams.store.base.Tx`, one transaction): lock
 the rows the batch touches, reduce the new events (pure), save the changed rows
 and counters, then read back everything needed to project absolute Redis values.
 The stats hash itself is written by the leader's stats timer
-(streams/write/families/stats.py).
+(streams/write/handlers/stats.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from streams.reducers.sessions import SessionChanges, expire_idle, reduce_sessio
 from streams.store.base import StoredEvent, Tx
 from streams.store.postgres import Connection
 from streams.store.postgres_store import as_tx
-from streams.write.families.base import FamilyResult
+from streams.write.handlers.base import HandlerResult
 
 
-class SessionFamily:
+class SessionHandler:
     topic_suffix = SESSION_TOPIC
 
     def __init__(self, tz: ZoneInfo, quota: int) -> None:
@@ -33,7 +33,7 @@ class SessionFamily:
 
     async def apply(
         self, tx: Tx, new: list[StoredEvent], batch: list[StoredEvent], now: datetime
-    ) -> FamilyResult:
+    ) -> HandlerResult:
         events: list[SessionEvent] = [s.event for s in batch]  # type: ignore[misc]
         session_ids = {e.session_id for e in events if isinstance(e, SessionScoped)}
         user_ids = {e.user_id for e in events}
@@ -44,7 +44,7 @@ class SessionFamily:
         changes = reduce_session_events(new_events, sessions, users, self.tz)
         await self._save(tx, changes)
         by_id = {s.event.event_id: s for s in new}
-        result = FamilyResult(
+        result = HandlerResult(
             rejections=[(by_id[e.event_id], r) for e, r in changes.rejections],
         )
         result.redis_ops = await self.project(

@@ -1,6 +1,6 @@
-"""What a topic family plugs into the pipeline.
+"""What a source topic's handler plugs into the pipeline.
 
-A family turns a batch of stored events into state changes (inside the
+A handler turns a batch of stored events into state changes (inside the
 batch's unit of work, a `streams.store.base.Tx`: one PostgreSQL transaction)
 and into the Redis writes that project the resulting state. The pipeline owns
 ordering, retries and dead letters.
@@ -18,12 +18,12 @@ from streams.store.base import StoredEvent, Tx
 
 
 @dataclass
-class FamilyResult:
+class HandlerResult:
     redis_ops: list[RedisOp] = field(default_factory=list)
     rejections: list[tuple[StoredEvent, Rejection]] = field(default_factory=list)
 
 
-class Family(Protocol):
+class Handler(Protocol):
     topic_suffix: str
 
     async def apply(
@@ -32,7 +32,7 @@ class Family(Protocol):
         new: list[StoredEvent],
         batch: list[StoredEvent],
         now: datetime,
-    ) -> FamilyResult:
+    ) -> HandlerResult:
         """Apply `new` events to state; project everything `batch` touched.
 
         `batch` holds every valid event of the batch, duplicates included, so

@@ -93,6 +93,8 @@ RULES: tuple[Rule, ...] = (
     Rule(redis_errors.ReadOnlyError, WAIT, "READONLY: a replica (after a failover)"),
     Rule(redis_errors.MasterDownError, WAIT, "MASTERDOWN: the replica lost its master"),
     Rule(redis_errors.ClusterDownError, WAIT, "CLUSTERDOWN: the cluster cannot serve the slot"),
+    Rule(redis_errors.AskError, WAIT, "MOVED / ASK: the slot is served elsewhere (the slot map is refreshed)"),
+    Rule(redis_errors.RedisClusterException, WAIT, "no node serves the slot, or none of the cluster answers"),
     Rule(redis_errors.OutOfMemoryError, WAIT, "OOM: at maxmemory under noeviction"),
     Rule(redis_errors.AuthenticationError, WAIT, "NOAUTH / WRONGPASS: credentials refused"),
     Rule(redis_errors.NoPermissionError, WAIT, "NOPERM: the ACL user may not run the command"),

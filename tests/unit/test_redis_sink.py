@@ -6,7 +6,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, StringWrite
-from streams.sinks.redis import pack
+from streams.sinks.resp import pack
 
 OPS: list[RedisOp] = [
     HashWrite(

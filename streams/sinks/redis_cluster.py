@@ -53,8 +53,9 @@ async def write(cluster: RedisCluster, ops: list[RedisOp]) -> None:
     """Execute `ops` on the masters owning their keys' slots; each master's in order.
 
     When this raises, `ops` has been cut down, in place, to what did not land
-    (on success it is left as given); the error is the last of the last round (a redis-py `RedisError`, `OSError`, or
-    `SlotNotCoveredError` when no node serves a slot).
+    (on success it is left as given); the error is the last of the last round:
+    a redis-py `RedisError`, an `OSError`, or `SlotNotCoveredError` when no
+    node serves a slot.
     """
     if not ops:
         return

@@ -1,10 +1,11 @@
-"""CacheReader without servers: the breaker state machine, result conversion, routing.
+"""CacheReader without servers: routing, breakers per target, replicas, what is Redis's fault.
 
-Routing tests use in-memory stand-ins for Redis and the PostgreSQL pool and a
-hand-driven clock, so every transition is exact and nothing sleeps for real
-except the reads that must run out of their (small) budget, and the ones that
-show that time spent in this process (its queue, a late event loop) is not
-counted against Redis.
+Uses in-memory stand-ins for Redis and the PostgreSQL pool and a hand-driven
+clock, so every transition is exact and nothing sleeps for real except the
+reads that must run out of their (small) budget, and the ones that show that
+time spent in this process (its queue, a late event loop) is not counted
+against Redis. The parts alone: test_breaker.py, test_read_budget.py,
+test_read_results.py.
 """
 
 from __future__ import annotations
@@ -22,149 +23,17 @@ import redis.exceptions as redis_errors
 
 from schemas import H
 from schemas.keys import ai_response_key_for_hash, session_key, voice_key
-from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, StringWrite
+from streams.projections import Delete, HashWrite, RedisOp, StringWrite
+from streams.read import budget, recompute
 from streams.read import reader as reader_mod
-from streams.read.reader import (
-    REPLICA_READ_FAMILIES,
-    BreakerState,
-    CacheReader,
-    CacheUnavailableError,
-    CircuitBreaker,
-    ReadResult,
-    ReadTarget,
-    hash_value,
-    json_object,
-    loop_tolerance_s,
-    string_value,
-)
+from streams.read.breaker import BreakerState
+from streams.read.fallback import CacheUnavailableError
+from streams.read.reader import CacheReader
+from streams.read.results import ReadResult
+from streams.read.routes import REPLICA_READ_FAMILIES, ReadTarget
 from streams.settings import Settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# --- the breaker -------------------------------------------------------------------
-def test_breaker_opens_after_fail_max_consecutive_failures() -> None:
-    b = CircuitBreaker(fail_max=3, reset_s=5, clock=Clock())
-    for _ in range(2):
-        p = b.acquire()
-        assert p is not None and not p.probe
-        b.failure(p)
-    assert (b.state, b.failures) == (BreakerState.CLOSED, 2)
-    p = b.acquire()
-    assert p is not None
-    b.success(p)  # a success in between resets the count: failures must be consecutive
-    assert b.failures == 0
-    for _ in range(3):
-        p = b.acquire()
-        assert p is not None
-        b.failure(p)
-    assert b.state is BreakerState.OPEN
-    assert b.opens == 1
-    assert b.acquire() is None
-
-
-def test_breaker_half_open_lets_exactly_one_probe_through() -> None:
-    clock = Clock()
-    b = CircuitBreaker(fail_max=1, reset_s=5, clock=clock)
-    p = b.acquire()
-    assert p is not None
-    b.failure(p)
-    clock.now += 4.9
-    assert b.acquire() is None
-    clock.now += 0.1
-    probe = b.acquire()
-    assert probe is not None and probe.probe
-    assert b.state is BreakerState.HALF_OPEN
-    assert b.acquire() is None  # concurrent reads skip Redis while the probe runs
-    b.success(probe)
-    assert b.state is BreakerState.CLOSED
-    nxt = b.acquire()
-    assert nxt is not None and not nxt.probe
-
-
-def test_breaker_failed_probe_reopens_for_a_full_period() -> None:
-    clock = Clock()
-    b = CircuitBreaker(fail_max=1, reset_s=5, clock=clock)
-    p = b.acquire()
-    assert p is not None
-    b.failure(p)
-    clock.now += 5
-    probe = b.acquire()
-    assert probe is not None
-    clock.now += 1
-    b.failure(probe)
-    assert (b.state, b.opens) == (BreakerState.OPEN, 2)
-    clock.now += 4.9
-    assert b.acquire() is None
-    clock.now += 0.1
-    assert b.acquire() is not None
-
-
-def test_breaker_released_probe_frees_the_slot() -> None:
-    clock = Clock()
-    b = CircuitBreaker(fail_max=1, reset_s=1, clock=clock)
-    p = b.acquire()
-    assert p is not None
-    b.failure(p)
-    clock.now += 1
-    probe = b.acquire()
-    assert probe is not None
-    b.release(probe)  # cancelled: no verdict
-    assert b.state is BreakerState.HALF_OPEN
-    again = b.acquire()
-    assert again is not None and again.probe
-
-
-def test_breaker_ignores_late_outcomes_of_calls_started_before_it_opened() -> None:
-    clock = Clock()
-    b = CircuitBreaker(fail_max=2, reset_s=5, clock=clock)
-    early = [b.acquire() for _ in range(4)]
-    assert all(p is not None for p in early)
-    b.failure(early[0])  # type: ignore[arg-type]
-    b.failure(early[1])  # type: ignore[arg-type]
-    assert b.state is BreakerState.OPEN
-    b.failure(early[2])  # type: ignore[arg-type]
-    b.success(early[3])  # type: ignore[arg-type]
-    assert (b.state, b.opens) == (BreakerState.OPEN, 1)
-    clock.now += 5
-    probe = b.acquire()
-    assert probe is not None
-    b.success(early[3])  # type: ignore[arg-type]  # stale, not the probe
-    assert b.state is BreakerState.HALF_OPEN
-
-
-def test_breaker_rejects_nonsense_configuration() -> None:
-    with pytest.raises(ValueError):
-        CircuitBreaker(fail_max=0, reset_s=1)
-    with pytest.raises(ValueError):
-        CircuitBreaker(fail_max=1, reset_s=0)
-
-
-# --- results ---------------------------------------------------------------------------
-def test_values_of_recomputed_ops() -> None:
-    assert hash_value(HashWrite("k", {"a": "1"}, 5)) == {"a": "1"}
-    assert hash_value(Delete("k")) is None
-    assert string_value(StringWrite("k", "v", 5)) == "v"
-    assert string_value(Delete("k")) is None
-    with pytest.raises(TypeError):
-        hash_value(StringWrite("k", "v", 5))
-    with pytest.raises(TypeError):
-        string_value(SortedSetAdd("k", {}, 0, 1))
-
-
-def test_result_map_and_json() -> None:
-    r: ReadResult[str] = ReadResult('{"response": "やあ"}', "redis")
-    assert r.map(json_object) == ReadResult({"response": "やあ"}, "redis")
-    miss: ReadResult[str] = ReadResult(None, "miss")
-    assert miss.map(json_object) == ReadResult(None, "miss")
-    with pytest.raises(ValueError):
-        json_object("[1]")
+from streams.sinks import redis as redis_sink
+from tests.unit.test_breaker import Clock
 
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,9 +126,9 @@ def pg_state(monkeypatch: pytest.MonkeyPatch) -> dict[str, RedisOp]:
         key = f"voice:{speaker_id}:{text_hash}"
         return state.get(key, Delete(key))
 
-    monkeypatch.setattr(reader_mod.recompute, "session_op", session_op)
-    monkeypatch.setattr(reader_mod.recompute, "ai_response_op", ai_response_op)
-    monkeypatch.setattr(reader_mod.recompute, "voice_op", voice_op)
+    monkeypatch.setattr(recompute, "session_op", session_op)
+    monkeypatch.setattr(recompute, "ai_response_op", ai_response_op)
+    monkeypatch.setattr(recompute, "voice_op", voice_op)
     return state
 
 
@@ -270,7 +139,7 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, list[RedisOp]
     async def write(redis: object, ops: Sequence[RedisOp]) -> None:
         log.append((redis, list(ops)))
 
-    monkeypatch.setattr(reader_mod.redis_sink, "write", write)
+    monkeypatch.setattr(redis_sink, "write", write)
     return log
 
 
@@ -646,7 +515,7 @@ async def test_a_budget_run_out_while_the_loop_was_late_is_not_a_redis_failure(
 async def test_a_loop_late_past_the_grace_goes_to_postgres_without_charging_redis(
     everywhere: dict[str, RedisOp], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reader_mod, "OVERLOAD_GRACE_S", 0.05)
+    monkeypatch.setattr(budget, "OVERLOAD_GRACE_S", 0.05)
     nodes = Nodes()
     nodes.ai.mode = "hang"
     reader = nodes.reader()
@@ -671,30 +540,20 @@ async def test_a_loop_late_past_the_grace_goes_to_postgres_without_charging_redi
     assert reader.stats.overloaded == 3
 
 
-def test_breaker_blocked_says_what_acquire_would_without_moving_it() -> None:
-    clock = Clock()
-    b = CircuitBreaker(fail_max=1, reset_s=5, clock=clock)
-    assert not b.blocked
-    p = b.acquire()
-    assert p is not None
-    b.failure(p)
-    assert b.blocked
-    clock.now += 5
-    assert not b.blocked and b.state is BreakerState.OPEN  # unmoved until asked
-    probe = b.acquire()
-    assert probe is not None and b.blocked  # the probe is in flight
-    b.release(probe)
-    assert not b.blocked
-
-
-def test_loop_tolerance_is_a_tenth_of_the_budget_but_at_least_2_ms() -> None:
-    assert loop_tolerance_s(0.05) == pytest.approx(0.005)
-    assert loop_tolerance_s(0.01) == 0.002
-
-
 def test_reader_needs_a_target_for_every_family() -> None:
     settings = Settings()
     with pytest.raises(TypeError):
         CacheReader(settings)
     with pytest.raises(ValueError, match="voice"):
         CacheReader(settings, targets={"sessions": ReadTarget("s", FakeRedis())})  # type: ignore[arg-type]
+
+
+def test_the_public_import_path_keeps_every_name_it_had() -> None:
+    """What services, the bench, the tests and the docs imported from
+    `streams.read.reader` before it was split into its parts is still there."""
+    services = ["CacheReader", "CacheUnavailableError", "ReadResult", "ReaderStats"]
+    monitoring_and_bench = ["BreakerState", "redis_client"]
+    parts = ["CircuitBreaker", "ReadTarget", "REPLICA_READ_FAMILIES", "loop_tolerance_s"]
+    values = ["hash_value", "string_value", "json_object"]
+    assert {*services, *monitoring_and_bench, *parts, *values} <= set(reader_mod.__all__)
+    assert all(getattr(reader_mod, name) is not None for name in reader_mod.__all__)

@@ -32,13 +32,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.read.reader import (
-    CacheReader,
-    CacheUnavailableError,
-    ReaderStats,
-    ReadResult,
-    redis_client,
-)
+from streams.read.clients import redis_client
+from streams.read.fallback import CacheUnavailableError
+from streams.read.reader import CacheReader
+from streams.read.results import ReadResult
+from streams.read.stats import ReaderStats
 from streams.settings import Settings
 from streams.tools.bench.stats import Latency
 

@@ -1,24 +1,41 @@
-"""The pure parts of `rpcache bench`: percentiles, the report and its targets, the workload."""
+"""The pure parts of `rpcache bench`: percentiles, the report and its targets, CPU time
+per event, the baselines' Redis commands, the workload."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 
 from schemas.events import Rejection, decode_event
+from streams.tools.bench.cpu import CpuSample, cpu_delta, parse_proc_stat, window_start
 from streams.tools.bench.env import parse_vm_hwm_mb, with_database, with_redis_db
 from streams.tools.bench.freshness import Freshness
 from streams.tools.bench.main import parse_phases
 from streams.tools.bench.memory import MemoryFigure
 from streams.tools.bench.reads import ReadLevel
-from streams.tools.bench.report import Results, build_report, check_targets, served_by, tables
-from streams.tools.bench.stats import Latency, finite, percentile, rate, ratio
-from streams.tools.bench.throughput import Throughput, last_ready
+from streams.tools.bench.report import (
+    THROUGHPUT_COLUMNS,
+    Results,
+    build_report,
+    check_targets,
+    served_by,
+    tables,
+    throughput_rows,
+)
+from streams.tools.bench.stats import Latency, finite, per_event_us, percentile, rate, ratio
+from streams.tools.bench.throughput import (
+    Throughput,
+    last_ready,
+    naive_redis,
+    redis_commands,
+)
 from streams.tools.bench.workload import (
     Workload,
     ai_misses,
@@ -161,13 +178,197 @@ def test_a_partial_run_reports_unmeasured_targets_as_unknown() -> None:
     assert report["events_per_s"] is None
     assert all(t.met is None for t in check_targets(report))
     orjson.dumps(report)
-    assert len(tables(report)) == 4
+    assert len(tables(report)) == 5
+    assert throughput_rows(report) == []
 
 
 def test_served_by_shows_the_split() -> None:
     assert served_by({"redis": 300}) == "redis 100%"
     assert served_by({"redis": 75, "postgres": 25}) == "redis 75% / postgres 25%"
     assert served_by({}) == "—"
+
+
+# --- against the hand-batched baseline, and CPU time per event --------------------------
+def _cpu_results() -> Results:
+    """1 process 6 000/s, 2 processes 9 000/s, hand-batched 10 000/s, ceiling 40 000/s."""
+    return Results(
+        mode="quick",
+        ours=Throughput(
+            60_000, 10.0, True, worker_cpu_s=4.8, postgres_cpu_s=1.5, cpu_events=60_000
+        ),
+        ours_multi=Throughput(
+            45_000, 5.0, True, processes=2, worker_cpu_s=3.0, postgres_cpu_s=1.0, cpu_events=50_000
+        ),
+        batched=Throughput(60_000, 6.0, True, worker_cpu_s=2.4, postgres_cpu_s=1.2),
+        baseline=Throughput(6_000, 10.0, False, worker_cpu_s=3.0, postgres_cpu_s=6.0),
+        ceiling=Throughput(60_000, 1.5, True, worker_cpu_s=1.2),
+    )
+
+
+def test_cpu_per_event_is_in_microseconds_over_the_cpu_window() -> None:
+    assert per_event_us(2.4, 60_000) == pytest.approx(40.0)
+    assert math.isnan(per_event_us(None, 60_000))
+    assert math.isnan(per_event_us(1.0, 0))
+    results = _cpu_results()
+    assert results.ours is not None and results.ours_multi is not None
+    assert results.ours.worker_cpu_us == pytest.approx(80.0)
+    # --processes: the CPU window counts its own events (50 000), not the timed ones
+    assert results.ours_multi.worker_cpu_us == pytest.approx(60.0)
+    assert results.ours_multi.postgres_cpu_us == pytest.approx(20.0)
+    assert math.isnan(Throughput(10, 1.0, True).worker_cpu_us)
+
+
+def test_report_compares_every_run_with_the_hand_batched_baseline() -> None:
+    report = build_report(_cpu_results())
+    assert report["batched_events_per_s"] == 10_000.0
+    assert report["events_per_s_processes"] == 9_000.0
+    assert report["ours_vs_batched"] == 0.6
+    assert report["ours_processes_vs_batched"] == 0.9
+    assert report["ours_processes_vs_ceiling"] == 0.225
+    assert report["worker_cpu_us_per_event"] == 80.0
+    assert report["postgres_cpu_us_per_event"] == 25.0
+    t = report["throughput"]
+    assert t["batched"]["worker_cpu_us_per_event"] == 40.0
+    assert t["batched"]["vs_batched"] == 1.0
+    assert t["ours"]["worker_cpu_vs_batched"] == 2.0
+    assert t["ours"]["postgres_cpu_vs_batched"] == 1.25
+    assert t["ours_processes"]["cpu_events"] == 50_000
+    assert t["baseline"]["postgres_cpu_us_per_event"] == 1000.0
+    assert t["ceiling"]["of_ceiling"] == 1.0
+    assert t["ceiling"]["postgres_cpu_us_per_event"] is None  # not measured
+    orjson.dumps(report)
+
+
+def test_targets_against_the_hand_batched_baseline() -> None:
+    targets = {t.name: t for t in check_targets(build_report(_cpu_results()))}
+    assert targets["ours (1 process) / hand-batched"].met is False  # 0.6 < 1.0
+    assert targets["ours (--processes) / hand-batched"].met is False  # 0.9 < 1.5
+    assert targets["ours (--processes) / ceiling"].met is False  # 22.5 % < 25 %
+    assert targets["worker CPU per event, 1 process (µs)"].met is False  # 80 > 60
+    assert targets["ours (--processes) / ceiling"].unit == "%"
+    fast = _cpu_results()
+    fast.ours = Throughput(60_000, 5.0, True, worker_cpu_s=3.0)
+    fast.ours_multi = Throughput(60_000, 3.0, True, processes=2)
+    met = {t.name: t.met for t in check_targets(build_report(fast))}
+    assert met["ours (1 process) / hand-batched"] is True  # 12 000 / 10 000
+    assert met["ours (--processes) / hand-batched"] is True  # 20 000 / 10 000
+    assert met["ours (--processes) / ceiling"] is True  # 50 %
+    assert met["worker CPU per event, 1 process (µs)"] is True  # 50 µs
+
+
+def test_the_throughput_table_has_a_row_per_run() -> None:
+    rows = throughput_rows(build_report(_cpu_results()))
+    assert all(len(row) == len(THROUGHPUT_COLUMNS) for row in rows)
+    by_run = {row[0]: row[1:] for row in rows}
+    assert list(by_run) == [
+        "ceiling",
+        "ours, 1 process",
+        "ours, --processes 2",
+        "hand-batched",
+        "naive (capped)",
+    ]
+    assert by_run["ours, 1 process"] == (
+        "60,000",
+        "6,000",
+        "0.60×",
+        "15%",
+        "80.0 (2.00×)",
+        "25.0 (1.25×)",
+    )
+    assert by_run["hand-batched"] == ("60,000", "10,000", "1.00×", "25%", "40.0", "20.0")
+    assert by_run["ceiling"][-1] == "—"
+    assert by_run["naive (capped)"][-1] == "1,000 (50.00×)"
+    one = _cpu_results()
+    one.ours_multi = None
+    assert len(throughput_rows(build_report(one))) == 4  # no --processes run
+
+
+def test_proc_stat_fields_come_after_the_last_parenthesis() -> None:
+    line = (
+        "3232 (postgres: a (b) c) S 3231 3232 3232 0 -1 4194368 615 0 0 0 1 4 0 0 20 0 1 0"
+        " 633196 227930112 6676 18446744073709551615\n"
+    )
+    stat = parse_proc_stat(line)
+    assert (stat.pid, stat.comm, stat.ppid, stat.cpu_ticks) == (3232, "postgres: a (b) c", 3231, 5)
+    with pytest.raises(ValueError):
+        parse_proc_stat("garbage (x) S y")
+
+
+def test_cpu_delta_counts_the_processes_alive_at_the_end() -> None:
+    before = {1: 10.0, 2: 5.0, 3: 7.0}
+    after = {1: 12.5, 2: 5.5, 4: 0.75, 9: 100.0}  # 3 exited, 4 started, 9 excluded
+    assert cpu_delta(before, after, exclude={9}) == pytest.approx(2.5 + 0.5 + 0.75)
+    assert cpu_delta({}, {}) == 0.0
+
+
+def test_the_cpu_window_opens_at_the_last_sample_before_the_timed_window() -> None:
+    samples = [CpuSample(t, {1: t}, {}) for t in (10.0, 10.1, 10.2, 10.3)]
+    assert window_start(samples, 10.25).at == 10.2
+    assert window_start(samples, 10.2).at == 10.2
+    assert window_start(samples, 9.0).at == 10.0  # before every sample: the first one
+
+
+# --- the baselines' Redis commands --------------------------------------------------------
+class _Recorder:
+    """Anything with redis-py's command methods: records each call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def command(*args: Any, **kwargs: Any) -> str:
+            self.calls.append((name, args))
+            return name
+
+        return command
+
+
+class _AsyncRecorder(_Recorder):
+    """A client whose commands are awaitables, run (recorded) only when awaited."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def command(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args))
+
+        return command
+
+
+def _event(kind: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "event_id": "e1",
+        "user_id": "u1",
+        "session_id": "s1",
+        "occurred_at": "2026-11-29T10:00:00Z",
+        **fields,
+    }
+
+
+AT = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+
+
+def test_a_pipeline_gets_the_commands_the_naive_baseline_awaits() -> None:
+    event = _event("session.started", speaker_id=3)
+    queued = _Recorder()
+    returned = list(redis_commands(queued, event, AT))
+    assert returned == [name for name, _ in queued.calls]  # one call per yield
+    assert [name for name, _ in queued.calls] == [
+        "hset",
+        "expire",
+        "hset",
+        "hincrby",
+        "expire",
+        "hincrby",
+        "hincrby",
+        "expire",
+    ]
+    awaited = _AsyncRecorder()
+    asyncio.run(naive_redis(awaited, event, AT))  # type: ignore[arg-type]
+    assert awaited.calls == queued.calls
+    ai = _Recorder()
+    list(redis_commands(ai, _event("ai.response", cache_hit=True, latency_ms=120), AT))
+    assert [name for name, _ in ai.calls][:1] == ["hincrby"]  # a hit stores nothing
+    assert len(ai.calls) == 1 + 3 * 3  # and three latency windows: zadd, trim, expire
 
 
 # --- small parsers ----------------------------------------------------------------------

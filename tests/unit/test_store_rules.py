@@ -23,9 +23,14 @@ LEFT_OUTSIDE = {
     "streams/tools/stack/": "setting up the local servers themselves (roles, owners, TLS)",
 }
 """Statements that are not rpcache's store, and why they stay where they are."""
-BASELINE_TABLE = "naive_events"
-"""The benchmark's hand-written baseline: its SQL is what it measures, so it stays in
-streams/tools/bench/throughput.py (its own table)."""
+BENCH_SQL = {
+    "streams/tools/bench/throughput.py": "baseline_events",
+    "streams/tools/bench/cpu.py": "pg_stat_activity",
+}
+"""The benchmark's own statements, allowed in one module each and only when they name
+what they are about: the hand-written baselines' table (their SQL is what they
+measure, so it stays beside them, in a table of their own) and PostgreSQL's process
+list (the CPU time of its backends, not rpcache's data)."""
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -72,8 +77,9 @@ def test_every_sql_statement_lives_under_store() -> None:
         rel = path.relative_to(ROOT).as_posix()
         if rel.startswith("streams/store/") or any(rel.startswith(d) for d in LEFT_OUTSIDE):
             continue
+        allowed = BENCH_SQL.get(rel)
         for line, text, _ in _texts(ast.parse(path.read_text())):
-            if SQL.match(text) and BASELINE_TABLE not in text:
+            if SQL.match(text) and not (allowed and allowed in text):
                 outside.append(f"{rel}:{line}: {text.strip()[:60]}")
     assert not outside, "SQL outside streams/store/:\n" + "\n".join(outside)
 

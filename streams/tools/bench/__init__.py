@@ -6,7 +6,8 @@ between runs of the same invocation, minutes apart. Modules:
 
 - `workload`: roleplay traffic as Kafka-ready bytes, and what Redis must hold after it;
 - `env`: a database, Redis db, topic prefix and worker process per benchmark;
-- `throughput`: our worker, the hand-written baseline and the consume-only ceiling;
+- `throughput`: our worker, the hand-batched and naive baselines and the consume-only ceiling;
+- `cpu`: CPU time per event of a consumer and of PostgreSQL (`/proc`, `getrusage`);
 - `freshness`, `reads`, `memory`: the other measurements, on a live worker;
 - `stats`, `report`: pure arithmetic, `bench.json` and the tables;
 - `runner`, `main`: the run in order, and the command.

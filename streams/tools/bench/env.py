@@ -27,6 +27,7 @@ from streams.database import asyncpg_options
 from streams.security import kafka_options, redis_from_settings
 from streams.settings import Settings
 from streams.store import admin
+from streams.tools.bench.cpu import CpuTimes, tree_cpu
 from streams.worker.topics import ensure_topics
 
 READY_MARK = "[^Worker]: Ready"
@@ -167,6 +168,11 @@ class WorkerProcess:
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def cpu_times(self) -> CpuTimes:
+        """CPU seconds (user + system) of the worker and its children (`--processes`),
+        by pid; none before it started."""
+        return tree_cpu(self.proc.pid) if self.proc is not None else {}
 
     def peak_rss_mb(self) -> float:
         """The kernel's high-water mark of the worker's resident memory (VmHWM);

@@ -54,12 +54,18 @@ def source_topics(prefix: str) -> list[str]:
     return [topic_name(prefix, suffix) for suffix in SOURCE_TOPICS]
 
 
-def plain_consumer(settings: Settings, group: str | None) -> AIOKafkaConsumer:
-    """An aiokafka consumer sized for the stack's largest messages."""
+def plain_consumer(
+    settings: Settings, group: str | None, auto_commit: bool | None = None
+) -> AIOKafkaConsumer:
+    """An aiokafka consumer sized for the stack's largest messages.
+
+    Offsets are auto-committed when it has a group, unless `auto_commit` is False
+    (the consumer then calls `commit()` itself).
+    """
     return AIOKafkaConsumer(
         **kafka_options(settings),
         group_id=group,
-        enable_auto_commit=group is not None,
+        enable_auto_commit=group is not None if auto_commit is None else auto_commit,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         fetch_max_bytes=64 * 1024 * 1024,

@@ -1,9 +1,12 @@
-"""From measurements to `bench.json`, the targets of issue 6, and the printed tables.
+"""From measurements to `bench.json`, the targets of issues 6 and 15, and the printed tables.
 
 Pure functions of the results (no I/O), so the arithmetic of the report is
-unit-tested (tests/unit/test_bench.py). The JSON keeps the figures the issue
-names at the top level (`events_per_s`, `freshness_p99_ms`, `read_p99_ms`, …)
-and the detail under `throughput`, `freshness`, `reads` and `memory`.
+unit-tested (tests/unit/test_bench.py). The JSON keeps the figures the issues
+name at the top level (`events_per_s`, `ours_vs_batched`,
+`worker_cpu_us_per_event`, `freshness_p99_ms`, `read_p99_ms`, …) and the
+detail under `throughput` (per run: events/s, CPU µs per event of the
+consumer and of PostgreSQL, each against the hand-batched baseline and the
+ceiling), `freshness`, `reads` and `memory`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ EVENTS_TARGET = 5000.0
 BASELINE_RATIO_TARGET = 10.0
 CEILING_RATIO_TARGET = 0.30
 SESSION_BYTES_TARGET = 2048
+# issue 15: against the hand-batched baseline
+ONE_PROCESS_VS_BATCHED_TARGET = 1.0
+PROCESSES_VS_BATCHED_TARGET = 1.5
+PROCESSES_CEILING_TARGET = 0.25
+WORKER_CPU_US_TARGET = 60.0
+"""The worker's CPU time per event, one process, in microseconds."""
 
 
 @dataclass
@@ -43,6 +52,9 @@ class Results:
     """`rpcache worker --processes N` (one per core), when the machine has several.
     The headline `events_per_s` is the faster of the two."""
     baseline: Throughput | None = None
+    """The naive baseline: per event, one INSERT and the Redis commands, each awaited."""
+    batched: Throughput | None = None
+    """The hand-batched baseline: getmany, one executemany and one pipeline per batch."""
     ceiling: Throughput | None = None
     freshness: list[Freshness] = field(default_factory=list)
     reads: list[ReadLevel] = field(default_factory=list)
@@ -59,13 +71,31 @@ class Target:
     value: float | None
     met: bool | None
     """None when the figure was not measured."""
+    unit: str = ""
+    """How the value reads: `×` (a ratio), `%` (a share, value 0..1) or plain."""
 
 
 def _num(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else finite(value, digits)
 
 
-def _throughput(t: Throughput | None) -> dict[str, Any] | None:
+def _rate(t: Throughput | None) -> float:
+    return t.events_per_s if t else math.nan
+
+
+def _worker_us(t: Throughput | None) -> float:
+    return t.worker_cpu_us if t else math.nan
+
+
+def _postgres_us(t: Throughput | None) -> float:
+    return t.postgres_cpu_us if t else math.nan
+
+
+def _throughput(
+    t: Throughput | None, batched: Throughput | None, ceiling: Throughput | None
+) -> dict[str, Any] | None:
+    """One run's figures; ratios are this run's ÷ the hand-batched baseline's, and
+    `of_ceiling` its events/s ÷ the ceiling's. CPU times in seconds and µs per event."""
     if t is None:
         return None
     return {
@@ -77,6 +107,15 @@ def _throughput(t: Throughput | None) -> dict[str, Any] | None:
         "peak_rss_mb": _num(t.peak_rss_mb, 1),
         "processes": t.processes,
         "settle_s": _num(t.settle_s),
+        "vs_batched": _num(ratio(t.events_per_s, _rate(batched)), 3),
+        "of_ceiling": _num(ratio(t.events_per_s, _rate(ceiling)), 3),
+        "cpu_events": t.events if t.cpu_events is None else t.cpu_events,
+        "worker_cpu_s": _num(t.worker_cpu_s),
+        "postgres_cpu_s": _num(t.postgres_cpu_s),
+        "worker_cpu_us_per_event": _num(t.worker_cpu_us, 1),
+        "postgres_cpu_us_per_event": _num(t.postgres_cpu_us, 1),
+        "worker_cpu_vs_batched": _num(ratio(t.worker_cpu_us, _worker_us(batched)), 3),
+        "postgres_cpu_vs_batched": _num(ratio(t.postgres_cpu_us, _postgres_us(batched)), 3),
     }
 
 
@@ -107,19 +146,25 @@ def build_report(r: Results) -> dict[str, Any]:
     runs = [t for t in (r.ours, r.ours_multi) if t is not None]
     best = max(runs, key=lambda t: t.events_per_s) if runs else None
     ours = best.events_per_s if best else math.nan
-    one = r.ours.events_per_s if r.ours else math.nan
-    baseline = r.baseline.events_per_s if r.baseline else math.nan
-    ceiling = r.ceiling.events_per_s if r.ceiling else math.nan
+    one, multi = _rate(r.ours), _rate(r.ours_multi)
+    baseline, batched, ceiling = _rate(r.baseline), _rate(r.batched), _rate(r.ceiling)
     report: dict[str, Any] = {
         "mode": r.mode,
         "machine": r.machine,
         "events_per_s": _num(ours, 1),
         "worker_processes": best.processes if best else None,
         "events_per_s_one_process": _num(one, 1),
+        "events_per_s_processes": _num(multi, 1),
         "baseline_events_per_s": _num(baseline, 1),
+        "batched_events_per_s": _num(batched, 1),
         "ceiling_events_per_s": _num(ceiling, 1),
         "ours_vs_baseline": _num(ratio(ours, baseline), 2),
         "ours_vs_ceiling": _num(ratio(ours, ceiling), 3),
+        "ours_vs_batched": _num(ratio(one, batched), 3),
+        "ours_processes_vs_batched": _num(ratio(multi, batched), 3),
+        "ours_processes_vs_ceiling": _num(ratio(multi, ceiling), 3),
+        "worker_cpu_us_per_event": _num(_worker_us(r.ours), 1),
+        "postgres_cpu_us_per_event": _num(_postgres_us(r.ours), 1),
         "freshness_p99_ms": {str(f.rate): _num(f.latency.p99_ms) for f in r.freshness},
         "read_p99_ms": _p99_by_kind(r.reads, "redis"),
         "postgres_read_p99_ms": _p99_by_kind(r.reads, "postgres"),
@@ -127,10 +172,11 @@ def build_report(r: Results) -> dict[str, Any]:
         "worker_peak_rss_mb": _num(r.ours.peak_rss_mb, 1) if r.ours else None,
         "throughput": {
             "workload": r.workload,
-            "ours": _throughput(r.ours),
-            "ours_processes": _throughput(r.ours_multi),
-            "baseline": _throughput(r.baseline),
-            "ceiling": _throughput(r.ceiling),
+            "ours": _throughput(r.ours, r.batched, r.ceiling),
+            "ours_processes": _throughput(r.ours_multi, r.batched, r.ceiling),
+            "batched": _throughput(r.batched, r.batched, r.ceiling),
+            "baseline": _throughput(r.baseline, r.batched, r.ceiling),
+            "ceiling": _throughput(r.ceiling, r.batched, r.ceiling),
         },
         "freshness": [
             {"rate": f.rate, "produced": f.produced, "unseen": f.unseen, **f.latency.as_dict()}
@@ -164,21 +210,50 @@ def _target_dict(t: Target) -> dict[str, Any]:
     return {"name": t.name, "goal": t.goal, "value": t.value, "met": t.met}
 
 
-def _at_least(name: str, goal: str, value: float | None, floor: float) -> Target:
-    return Target(name, goal, value, None if value is None else value >= floor)
+def _at_least(name: str, goal: str, value: float | None, floor: float, unit: str = "") -> Target:
+    return Target(name, goal, value, None if value is None else value >= floor, unit)
 
 
-def _at_most(name: str, goal: str, value: float | None, ceiling: float) -> Target:
-    return Target(name, goal, value, None if value is None else value <= ceiling)
+def _at_most(name: str, goal: str, value: float | None, ceiling: float, unit: str = "") -> Target:
+    return Target(name, goal, value, None if value is None else value <= ceiling, unit)
 
 
 def check_targets(report: dict[str, Any]) -> list[Target]:
-    """The targets of issue 6 against a report's figures."""
+    """The targets of issues 6 and 15 against a report's figures."""
     reads = report["read_p99_ms"]
     targets = [
         _at_least("events/s end to end", "≥ 5000", report["events_per_s"], EVENTS_TARGET),
-        _at_least("ours / baseline", "≥ 10×", report["ours_vs_baseline"], BASELINE_RATIO_TARGET),
-        _at_least("ours / ceiling", "≥ 30 %", report["ours_vs_ceiling"], CEILING_RATIO_TARGET),
+        _at_least(
+            "ours / baseline", "≥ 10×", report["ours_vs_baseline"], BASELINE_RATIO_TARGET, "×"
+        ),
+        _at_least("ours / ceiling", "≥ 30 %", report["ours_vs_ceiling"], CEILING_RATIO_TARGET, "%"),
+        _at_least(
+            "ours (1 process) / hand-batched",
+            "≥ 1.0×",
+            report["ours_vs_batched"],
+            ONE_PROCESS_VS_BATCHED_TARGET,
+            "×",
+        ),
+        _at_least(
+            "ours (--processes) / hand-batched",
+            "≥ 1.5×",
+            report["ours_processes_vs_batched"],
+            PROCESSES_VS_BATCHED_TARGET,
+            "×",
+        ),
+        _at_least(
+            "ours (--processes) / ceiling",
+            "≥ 25 %",
+            report["ours_processes_vs_ceiling"],
+            PROCESSES_CEILING_TARGET,
+            "%",
+        ),
+        _at_most(
+            "worker CPU per event, 1 process (µs)",
+            "≤ 60",
+            report["worker_cpu_us_per_event"],
+            WORKER_CPU_US_TARGET,
+        ),
         _at_most(
             f"freshness p99 at {FRESHNESS_TARGET_RATE}/s (ms)",
             "≤ 200",
@@ -227,14 +302,21 @@ def summary_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"rpcache bench ({report['mode']})")
     for column in ("figure", "value", "target", ""):
         table.add_column(column, justify="left" if column == "figure" else "right")
-    processes = report.get("worker_processes") or 1
+    processes = (t["ours_processes"] or {}).get("processes", "N")
     rows = [
         ("events/s end to end (ours, 1 process)", _fmt(report["events_per_s_one_process"])),
         (
             f"events/s end to end (ours, --processes {processes})",
-            _fmt(report["events_per_s"]) if processes > 1 else "—",
+            _fmt(report["events_per_s_processes"]),
         ),
-        ("events/s baseline (per-event INSERT + Redis)", _fmt(report["baseline_events_per_s"])),
+        (
+            "events/s hand-batched baseline (batch INSERT + pipeline)",
+            _fmt(report["batched_events_per_s"]),
+        ),
+        (
+            "events/s naive baseline (per-event INSERT + Redis)",
+            _fmt(report["baseline_events_per_s"]),
+        ),
         ("events/s ceiling (consume + decode only)", _fmt(report["ceiling_events_per_s"])),
         ("worker start-up before the first batch (s)", _fmt((t["ours"] or {}).get("startup_s"))),
         ("worker peak RSS, 1 process (MB)", _fmt(report["worker_peak_rss_mb"])),
@@ -242,11 +324,90 @@ def summary_table(report: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value, "", "")
     for target in check_targets(report):
-        if target.name.endswith("ceiling") and target.value is not None:
+        if target.unit == "%" and target.value is not None:
             shown = f"{target.value:.0%}"
         else:
-            shown = _fmt(target.value, " ×" if "baseline" in target.name else "")
+            shown = _fmt(target.value, " ×" if target.unit == "×" else "")
         table.add_row(target.name, shown, target.goal, _verdict(target.met))
+    return table
+
+
+THROUGHPUT_COLUMNS = (
+    "run",
+    "events",
+    "events/s",
+    "÷ batched",
+    "of ceiling",
+    "worker µs/event",
+    "PostgreSQL µs/event",
+)
+THROUGHPUT_CAPTION = (
+    "µs/event: CPU time (user + system) per event, of the consumer (worker) and of"
+    " PostgreSQL; ÷ batched and (n×): against the hand-batched baseline"
+)
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _cpu_cell(us: float | None, vs_batched: float | None, is_batched: bool) -> str:
+    """`48.2 (0.87×)`; the hand-batched baseline's own cell without its ratio of 1."""
+    if us is None:
+        return "—"
+    text = f"{us:,.0f}" if us >= 100 else f"{us:.1f}"
+    return text if is_batched or vs_batched is None else f"{text} ({_times(vs_batched)})"
+
+
+def throughput_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per run that ran: THROUGHPUT_COLUMNS, as text."""
+    t = report["throughput"]
+    multi = t.get("ours_processes") or {}
+    runs = (
+        ("ceiling", "ceiling"),
+        ("ours, 1 process", "ours"),
+        (f"ours, --processes {multi.get('processes', '')}", "ours_processes"),
+        ("hand-batched", "batched"),
+        ("naive", "baseline"),
+    )
+    rows: list[tuple[str, ...]] = []
+    for label, key in runs:
+        run = t.get(key)
+        if run is None:
+            continue
+        rows.append(
+            (
+                label if run["complete"] else f"{label} (capped)",
+                f"{run['events']:,}",
+                _fmt(run["events_per_s"]),
+                _times(run["vs_batched"]),
+                _share(run["of_ceiling"]),
+                _cpu_cell(
+                    run["worker_cpu_us_per_event"], run["worker_cpu_vs_batched"], key == "batched"
+                ),
+                _cpu_cell(
+                    run["postgres_cpu_us_per_event"],
+                    run["postgres_cpu_vs_batched"],
+                    key == "batched",
+                ),
+            )
+        )
+    return rows
+
+
+def throughput_table(report: dict[str, Any]) -> Table:
+    """Every throughput run against the hand-batched baseline and the ceiling."""
+    table = Table(title="throughput: events/s and CPU per event", caption=THROUGHPUT_CAPTION)
+    for column in THROUGHPUT_COLUMNS:  # on a narrow terminal, wrap: never cut a figure
+        table.add_column(
+            column, justify="left" if column == "run" else "right", overflow="fold", min_width=7
+        )
+    for row in throughput_rows(report):
+        table.add_row(*row)
     return table
 
 
@@ -328,6 +489,7 @@ def memory_table(report: dict[str, Any]) -> Table:
 def tables(report: dict[str, Any]) -> list[Table]:
     return [
         summary_table(report),
+        throughput_table(report),
         freshness_table(report),
         reads_table(report),
         memory_table(report),

@@ -1,10 +1,11 @@
 """`rpcache bench`: the whole run, in order, each benchmark isolated.
 
 1. throughput: preload the workload once; the ceiling, our worker (one
-   process, then one per core with `--processes`) and the baseline consume
-   it in turn, each with a consumer, database and Redis db
-   of its own (our Redis db is emptied before the baseline fills another, so
-   the 1 GB `maxmemory` of the stack never evicts a key being counted);
+   process, then one per core with `--processes`), the hand-batched baseline
+   and the naive baseline consume it in turn, each with a consumer, database
+   and Redis db of its own (each Redis db is emptied before the next run
+   fills one, so the 1 GB `maxmemory` of the stack never evicts a key being
+   counted);
 2. a live worker: freshness at each rate, then the memory data sets
    (sessions, AI responses, 100 KB voice clips), then, with the worker
    stopped, the reads of those same entries;
@@ -201,11 +202,24 @@ class Bench:
                     )
                 finally:
                     await multi_env.drop()
+            batched_env = await BenchEnv.create(
+                self.base, self.run, "batched", self.redis_db + 1, topic_prefix=prefix
+            )
+            try:
+                self.progress(
+                    f"hand-batched baseline: getmany ≤ {tp.BATCH_RECORDS:,},"
+                    " executemany + pipeline per batch"
+                )
+                r.batched = await tp.run_batched(batched_env, prefix, c.events, c.timeout_s)
+            finally:
+                await batched_env.drop()
             base_env = await BenchEnv.create(
                 self.base, self.run, "naive", self.redis_db + 1, topic_prefix=prefix
             )
             try:
-                self.progress(f"baseline: per-event consumer (at most {c.baseline_cap_s:.0f} s)")
+                self.progress(
+                    f"naive baseline: per-event consumer (at most {c.baseline_cap_s:.0f} s)"
+                )
                 r.baseline = await tp.run_baseline(base_env, prefix, c.events, c.baseline_cap_s)
             finally:
                 await base_env.drop()

@@ -75,3 +75,11 @@ def ratio(ours: float, other: float) -> float:
     if not (math.isfinite(ours) and math.isfinite(other)) or other == 0:
         return math.nan
     return ours / other
+
+
+def per_event_us(cpu_s: float | None, events: int) -> float:
+    """CPU seconds spent on `events` events, in microseconds per event; NaN when not
+    measured or no event was counted."""
+    if cpu_s is None or events <= 0:
+        return math.nan
+    return cpu_s / events * 1e6

@@ -1,4 +1,5 @@
-"""Where each family of Redis keys lives: one Redis, or a Sentinel-managed master/replica set.
+"""Where each family of Redis keys lives: one Redis, a Sentinel-managed master/replica set,
+or a Redis Cluster.
 
 SPEC §8: every family of keys has a Redis target. `REDIS_URL` is the default
 for all of them; `REDIS_SESSIONS_URL` (sessions, user state, metrics, stats
@@ -18,7 +19,15 @@ A target URL is one of:
   `sentinel_password` (when the Sentinels require one; the Sentinels' user is
   `sentinel_username`). Writes always go to the master the Sentinels name
   now, so they follow a failover; reads may go to a replica
-  (`replica_client`).
+  (`replica_client`);
+- `redis+cluster://[user:password@]host:port[,host:port…][/0]` or
+  `rediss+cluster://…` (TLS): a Redis Cluster, given by one or more seed
+  nodes (any node of the cluster; the client learns the others from `CLUSTER
+  SLOTS`), in the comma-separated form of the Sentinel URL above. The user
+  and password are those of every node. The path is empty or `/0`: a
+  cluster has database 0 only. No query options. `cluster_client` builds
+  redis-py's `RedisCluster` for it; the key layout on it is
+  REDIS_CLUSTER_LAYOUT (`schemas.keys.layout_key`).
 
 This module only parses and builds clients; it does no I/O until a client
 is used.
@@ -26,21 +35,25 @@ is used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+# The families are defined with the key rules (schemas.keys) and re-exported here.
+from schemas.keys import KEY_FAMILIES as KEY_FAMILIES  # noqa: PLC0414
+from schemas.keys import KeyFamily as KeyFamily  # noqa: PLC0414
 from streams.security import redis_options, redis_tls_options
 from streams.settings import Settings
 
-KeyFamily = Literal["sessions", "ai", "voice"]
-KEY_FAMILIES: Final[tuple[KeyFamily, ...]] = ("sessions", "ai", "voice")
-"""The families of keys of SPEC §8, each with a Redis target of its own."""
-
+TargetKind = Literal["single", "sentinel", "cluster"]
+CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
+DEFAULT_PORT: Final = 6379
 _PREFIX_FAMILY: Final[tuple[tuple[str, KeyFamily], ...]] = (
     ("ai_response:", "ai"),
     ("voice:", "voice"),
@@ -69,6 +82,13 @@ def key_family(key: str) -> KeyFamily:
     return "sessions"
 
 
+def target_label(families: Sequence[KeyFamily]) -> str:
+    """A target's name in metrics and on the dashboard: the families it serves joined
+    by `+`, in family order (`voice`, `sessions+ai+voice` when one Redis serves all),
+    as `RedisTargets.distinct()` lists them and the reader names its breakers."""
+    return "+".join(families)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One family's Redis, parsed from its URL (secrets included: never log it)."""
@@ -76,6 +96,8 @@ class Target:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     """Sentinel addresses; empty for a single Redis."""
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
+    """Seed nodes of a Redis Cluster, in the URL's order; empty unless a cluster."""
     master_name: str = ""
     db: int = 0
     username: str | None = None
@@ -88,8 +110,19 @@ class Target:
     def is_sentinel(self) -> bool:
         return bool(self.sentinels)
 
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.cluster_nodes)
+
+    @property
+    def kind(self) -> TargetKind:
+        """single (one Redis), sentinel or cluster."""
+        return "cluster" if self.is_cluster else "sentinel" if self.is_sentinel else "single"
+
     def describe(self) -> str:
         """A name for logs and `rpcache check`, without any secret."""
+        if self.is_cluster:
+            return "cluster " + ",".join(f"{h}:{p}" for h, p in self.cluster_nodes)
         if self.is_sentinel:
             hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"sentinel {self.master_name}@{hosts}/{self.db}"
@@ -104,10 +137,12 @@ def parse_target(url: str) -> Target:
     if scheme in ("redis", "rediss", "unix"):
         db = int(parts.path.strip("/") or 0) if scheme != "unix" else 0
         return Target(url=url, db=db, tls=scheme == "rediss")
+    if scheme in CLUSTER_SCHEMES:
+        return _parse_cluster(url)
     if scheme not in ("redis+sentinel", "rediss+sentinel"):
         raise ValueError(
             f"unknown Redis URL scheme {scheme!r}: use redis://, rediss://,"
-            " redis+sentinel:// or rediss+sentinel://"
+            " redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://"
         )
     hosts = parts.netloc.rpartition("@")[2]
     sentinels: list[tuple[str, int]] = []
@@ -131,6 +166,50 @@ def parse_target(url: str) -> Target:
         sentinel_username=query.get("sentinel_username"),
         sentinel_password=query.get("sentinel_password"),
     )
+
+
+def _parse_cluster(url: str) -> Target:
+    """A `redis+cluster://` / `rediss+cluster://` URL (module docstring)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    seeds: list[tuple[str, int]] = []
+    for entry in filter(None, parts.netloc.rpartition("@")[2].split(",")):
+        seeds.append(_host_port(entry, scheme))
+    if not seeds:
+        raise ValueError(f"a {scheme}:// URL needs at least one seed node host:port")
+    db = parts.path.strip("/")
+    if db not in ("", "0"):
+        raise ValueError(
+            f"a {scheme}:// URL names database {db!r}, but a Redis Cluster has database 0"
+            " only: leave the path empty or use /0"
+        )
+    if parts.query:
+        raise ValueError(f"a {scheme}:// URL takes no query options, got {parts.query!r}")
+    return Target(
+        url=url,
+        cluster_nodes=tuple(seeds),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=scheme.startswith("rediss"),
+    )
+
+
+def _host_port(entry: str, scheme: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (port 6379 when absent)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad seed node {entry!r} in a {scheme}:// URL")
+    else:
+        host, _, port = entry.partition(":")
+    if not host:
+        raise ValueError(f"a seed node of a {scheme}:// URL has no host: {entry!r}")
+    if not port:
+        return host, DEFAULT_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port {port!r} of seed node {entry!r} in a {scheme}:// URL")
+    return host, int(port)
 
 
 def target_urls(settings: Settings) -> dict[KeyFamily, str]:
@@ -175,7 +254,15 @@ def master_client(target: Target, settings: Settings, **kwargs: Any) -> Redis:
     For a Sentinel target, a connection asks the Sentinels for the master when
     it opens, and a master demoted under it (READONLY) is reported as a
     connection error, so the caller's retry reconnects to the new master.
+
+    Raises ValueError for a cluster target, which has many masters: use
+    `cluster_client`.
     """
+    if target.is_cluster:
+        raise ValueError(
+            f"{target.describe()} is a Redis Cluster: its client is cluster_client(), "
+            "not a single master's"
+        )
     if not target.is_sentinel:
         return Redis.from_url(target.url, **redis_options(settings, target.url), **kwargs)
     client: Redis = _sentinel(target, settings, **kwargs).master_for(target.master_name)
@@ -184,11 +271,33 @@ def master_client(target: Target, settings: Settings, **kwargs: Any) -> Redis:
 
 def replica_client(target: Target, settings: Settings, **kwargs: Any) -> Redis | None:
     """A client that reads from the replicas (round robin, the master when none
-    answers), or None for a single Redis."""
+    answers), or None for a single Redis or a cluster (its client reaches its
+    replicas itself: `cluster_client(…, read_from_replicas=True)`)."""
     if not target.is_sentinel:
         return None
     client: Redis = _sentinel(target, settings, **kwargs).slave_for(target.master_name)
     return client
+
+
+def cluster_client(target: Target, settings: Settings, **kwargs: Any) -> RedisCluster:
+    """redis-py's asyncio `RedisCluster` on the target's seed nodes, with its user,
+    password and the TLS options of REDIS_SSL_* for `rediss+cluster://`.
+
+    `kwargs` go to `RedisCluster` (timeouts, `decode_responses`,
+    `read_from_replicas`, `require_full_coverage`…) and, through it, to every
+    node's connections. No I/O here: the client reads the slot map (`CLUSTER
+    SLOTS`) from the first seed that answers on its first command or
+    `initialize()`. Raises ValueError for a target that is not a cluster.
+    """
+    if not target.is_cluster:
+        raise ValueError(f"{target.describe()} is not a Redis Cluster (redis+cluster://)")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.cluster_nodes],
+        username=target.username,
+        password=target.password,
+        **_tls_options(settings, target.tls),
+        **kwargs,
+    )
 
 
 @dataclass

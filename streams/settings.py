@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.keys import ClusterLayout
 from streams.paths import data_home
 
 
@@ -30,11 +31,16 @@ class Settings(BaseSettings):
     redis_replica_url: SecretStr | None = None
     redis_sessions_url: SecretStr | None = None
     """SPEC §8: the Redis target of sessions, user state, metrics, stats and rpcache's own
-    keys (default REDIS_URL); `redis://`, `rediss://` or `redis+sentinel://` (redis_targets.py)."""
+    keys (default REDIS_URL); `redis://`, `rediss://`, `redis+sentinel://` or
+    `redis+cluster://` (redis_targets.py)."""
     redis_ai_url: SecretStr | None = None
     """The Redis target of `ai_response:` keys (default REDIS_URL)."""
     redis_voice_url: SecretStr | None = None
     """The Redis target of `voice:` keys (default REDIS_URL)."""
+    redis_cluster_layout: ClusterLayout = "hash"
+    """Keys on Redis Cluster targets (SPEC §8): `hash`, the SPEC §4 keys spread by their
+    own hash; `design`, each family's keys tagged into its slot range
+    (`schemas.keys.layout_key`). Ignored by other targets."""
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/rpcache")
     topic_prefix: str = "roleplay."
     business_tz: str = "UTC"

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from schemas.messages import AlertLevel, AlertMessage, AlertState
 from streams.health import ConnectionHealth
 from streams.model import DayFigures, Publish
+from streams.observe.redis_info import read_targets, worst
 from streams.projections import day_figures
 from streams.redis_targets import RedisTargets, as_targets
 from streams.reducers.sessions import business_day
@@ -216,27 +217,16 @@ class AlertEngine:
         return day_readings(figures, self.settings.alert_min_samples)
 
     async def _redis_readings(self) -> dict[str, Reading]:
-        """The worst memory ratio and the most clients over every distinct Redis target:
-        one full voice master is as critical as one full shared Redis. A target that
-        does not answer is left out (the failure-rate rule speaks for it)."""
-        ratios: list[float] = []
-        clients: list[float] = []
-        for families, client in as_targets(self.redis).distinct():
-            try:
-                memory = await client.info("memory")
-                info = await client.info("clients")
-            except Exception as exc:
-                log.warning("alerts: Redis INFO of %s failed: %r", "/".join(families), exc)
-                continue
-            clients.append(float(info["connected_clients"]))
-            maxmemory = int(memory.get("maxmemory", 0))
-            if maxmemory:
-                ratios.append(int(memory["used_memory"]) / maxmemory)
+        """The worst memory ratio and the most clients over every distinct Redis target
+        (`redis_info.worst`, the figure the dashboard's Redis card shows): one full
+        voice master is as critical as one full shared Redis. A target that does not
+        answer is left out (the failure-rate rule speaks for it)."""
+        figures = worst(await read_targets(as_targets(self.redis)))
         readings: dict[str, Reading] = {}
-        if clients:
-            readings["redis_connected_clients"] = Reading(max(clients))
-        if ratios:
-            readings["redis_memory_ratio"] = Reading(max(ratios))
+        if figures.connected_clients is not None:
+            readings["redis_connected_clients"] = Reading(float(figures.connected_clients))
+        if figures.memory_ratio is not None:
+            readings["redis_memory_ratio"] = Reading(figures.memory_ratio)
         return readings
 
     async def announce(self, alert: Alert) -> None:

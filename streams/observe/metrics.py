@@ -6,10 +6,12 @@ Two kinds of figures, two ways to export them:
   attempts) is counted as it happens: `PipelineMetrics.observe` is the
   pipelines' `on_batch` callback, and `ConnectionHealth` keeps its totals.
 - What other systems know (today's counters and open sessions in PostgreSQL,
-  Redis INFO, the latency sorted sets, Kafka end offsets, `alert_state`) is
-  read when someone looks: `streams.observe.monitor.Monitor.refresh` takes a
-  `Snapshot` before each `/metrics` scrape or dashboard poll, and
-  `SnapshotCollector` turns it into gauges. PostgreSQL's figures are the
+  INFO of every Redis target (`target` label, SPEC §8;
+  `streams.observe.redis_info`), the latency sorted sets, Kafka end offsets,
+  `alert_state`) is read when someone looks:
+  `streams.observe.monitor.Monitor.refresh` takes a `Snapshot` before each
+  `/metrics` scrape or dashboard poll, and `SnapshotCollector` turns it into
+  gauges. PostgreSQL's figures are the
   group's (every worker of the consumer group reports the same), the
   pipeline counters are this worker's.
 
@@ -240,15 +242,58 @@ class PipelineMetrics:
 # --- what is read when someone looks ------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class RedisFigures:
+    """One Redis target's INFO, as the node that answered gave it
+    (`streams.observe.redis_info.parse_info`)."""
+
     used_memory: int
+    """INFO used_memory, bytes."""
     maxmemory: int
+    """INFO maxmemory, bytes; 0 = no limit."""
     connected_clients: int
     evicted_keys: int
+    """INFO evicted_keys: keys evicted since that server started."""
+    keys: int = 0
+    """Keys in the target's db (INFO keyspace `db<n>`)."""
+    policy: str = ""
+    """INFO maxmemory_policy (`volatile-lru`, `allkeys-lfu`…)."""
+    node: str = ""
+    """`host:port` of the server that answered (a Sentinel target's current master)."""
+    role: str = ""
+    """INFO role: `master` or `replica`."""
 
     @property
     def memory_ratio(self) -> float | None:
         """used / max, or None when Redis has no maxmemory (no limit to compare with)."""
         return self.used_memory / self.maxmemory if self.maxmemory else None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFigures:
+    """One distinct Redis target (SPEC §8) at a refresh: its figures, or why it is down."""
+
+    target: str
+    """Its families joined by `+` (`streams.redis_targets.target_label`): `voice`,
+    `sessions+ai+voice`."""
+    figures: RedisFigures | None
+    """None when it did not answer in time."""
+    error: str | None = None
+    """Why it is down (the exception's repr), when it is."""
+
+    @property
+    def up(self) -> bool:
+        return self.figures is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisWorst:
+    """The Redis figures the alerts judge (`streams.observe.redis_info.worst`): the
+    fullest and the busiest target that answered; None when none answered (or, for
+    the ratio, none has a maxmemory)."""
+
+    memory_ratio: float | None = None
+    memory_target: str | None = None
+    connected_clients: int | None = None
+    clients_target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +315,8 @@ class Snapshot:
     """(metric, window) → summary of `metrics:{metric}:{window}`."""
     lag: dict[tuple[str, int], int] | None = None
     """(topic, partition) → messages after the last one stored in PostgreSQL."""
-    redis: RedisFigures | None = None
+    redis: list[TargetFigures] = field(default_factory=list)
+    """Every distinct Redis target, in family order; a target down has no figures."""
     alerts: list[AlertFigure] | None = None
     sources_up: dict[str, bool] = field(default_factory=dict)
     """postgres, redis, kafka → whether this snapshot could read them."""
@@ -307,7 +353,7 @@ class SnapshotCollector:
             for (topic, partition), value in sorted(snap.lag.items()):
                 lag.add_metric([topic, str(partition)], value)
             yield lag
-        if snap.redis is not None:
+        if snap.redis:
             yield from _redis_metrics(snap.redis)
         if snap.alerts is not None:
             firing = GaugeMetricFamily(
@@ -390,25 +436,51 @@ def _latency_metrics(
     yield from (quantiles, samples)
 
 
-def _redis_metrics(redis: RedisFigures) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
-    yield GaugeMetricFamily(
-        "rpcache_redis_used_memory_bytes", "Redis INFO used_memory.", value=redis.used_memory
+def _redis_metrics(
+    targets: Sequence[TargetFigures],
+) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    """Every target's INFO figures, labelled `target`; a target down has
+    `rpcache_redis_up` 0 and no other series."""
+    up = GaugeMetricFamily(
+        "rpcache_redis_up",
+        "Whether the last refresh could read this Redis target's INFO (SPEC §8).",
+        labels=["target"],
     )
-    yield GaugeMetricFamily(
-        "rpcache_redis_maxmemory_bytes",
-        "Redis INFO maxmemory (0 = no limit).",
-        value=redis.maxmemory,
+    node = GaugeMetricFamily(
+        "rpcache_redis_info",
+        "1 for the server that answered for a target: host:port, role, maxmemory-policy.",
+        labels=["target", "node", "role", "maxmemory_policy"],
     )
-    yield GaugeMetricFamily(
-        "rpcache_redis_connected_clients",
-        "Redis INFO connected_clients.",
-        value=redis.connected_clients,
+    label = ["target"]
+    used = GaugeMetricFamily(
+        "rpcache_redis_used_memory_bytes", "Redis INFO used_memory.", labels=label
     )
-    yield CounterMetricFamily(
+    maxmemory = GaugeMetricFamily(
+        "rpcache_redis_maxmemory_bytes", "Redis INFO maxmemory (0 = no limit).", labels=label
+    )
+    clients = GaugeMetricFamily(
+        "rpcache_redis_connected_clients", "Redis INFO connected_clients.", labels=label
+    )
+    evicted = CounterMetricFamily(
         "rpcache_redis_evicted_keys",
         "Redis INFO evicted_keys (since the Redis server started).",
-        value=redis.evicted_keys,
+        labels=label,
     )
+    keys = GaugeMetricFamily(
+        "rpcache_redis_keys", "Keys in the target's db (INFO keyspace).", labels=label
+    )
+    for t in targets:
+        up.add_metric([t.target], 1.0 if t.up else 0.0)
+        f = t.figures
+        if f is None:
+            continue
+        node.add_metric([t.target, f.node, f.role, f.policy], 1.0)
+        used.add_metric([t.target], f.used_memory)
+        maxmemory.add_metric([t.target], f.maxmemory)
+        clients.add_metric([t.target], f.connected_clients)
+        evicted.add_metric([t.target], f.evicted_keys)
+        keys.add_metric([t.target], f.keys)
+    yield from (up, node, used, maxmemory, clients, evicted, keys)
 
 
 class HealthCollector:

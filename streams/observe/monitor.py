@@ -1,12 +1,16 @@
 """Reads the figures behind `/metrics` and `/dashboard.json` when someone looks.
 
 `Monitor.refresh` reads PostgreSQL (today's counters, open sessions, alert
-state and history, consumed positions, heartbeats), Redis (INFO, the latency
-sorted sets) and Kafka (end offsets of the source partitions) concurrently,
-each within REFRESH_TIMEOUT_S, and keeps the result for MIN_INTERVAL_S so
-that a dashboard left open in ten tabs costs one read per second, not ten.
-A source that fails leaves its part of the snapshot empty and
-`rpcache_source_up{source}` at 0: a page about an outage must still load.
+state and history, consumed positions, heartbeats), Redis (INFO of every
+distinct target of SPEC §8, `streams.observe.redis_info`; the latency sorted
+sets on the session target) and Kafka (end offsets of the source partitions)
+concurrently, each within REFRESH_TIMEOUT_S, and keeps the result for
+MIN_INTERVAL_S so that a dashboard left open in ten tabs costs one read per
+second, not ten. A source that fails leaves its part of the snapshot empty and
+`rpcache_source_up{source}` at 0: a page about an outage must still load. A
+Redis target that fails is reported down on its own (`rpcache_redis_up{target}`
+0, its row on the dashboard) while the other targets' figures are shown;
+`redis` is up when every target and the latency sets answered.
 
 Consumer lag is counted against what is stored in PostgreSQL
 (`consumer_positions`, written in the same transaction as the state), not
@@ -49,12 +53,14 @@ from streams.observe.metrics import (
     HealthCollector,
     LatencySummary,
     PipelineMetrics,
-    RedisFigures,
     Snapshot,
     SnapshotCollector,
+    TargetFigures,
     latency_summary,
 )
+from streams.observe.redis_info import read_targets, worst
 from streams.projections import day_figures
+from streams.redis_targets import RedisTargets
 from streams.reducers.sessions import business_day
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -106,6 +112,9 @@ class Watched(Protocol):
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
+    """The session target's master: the latency sorted sets."""
+    targets: RedisTargets
+    """Every family's target: INFO of each distinct one."""
     metrics: PipelineMetrics
     health: ConnectionHealth
     alerts: AlertEngine
@@ -138,15 +147,16 @@ class Monitor:
             if time.monotonic() - self._taken < MIN_INTERVAL_S:
                 return self._snapshot
             now = datetime.now(UTC)
-            postgres, redis, kafka = await asyncio.gather(
+            postgres, targets, latency, kafka = await asyncio.gather(
                 _bounded(self._read_postgres(now)),
-                _bounded(self._read_redis(now)),
+                read_targets(self.runtime.targets, REFRESH_TIMEOUT_S),
+                _bounded(self._read_latency(now)),
                 _bounded(self._read_kafka()),
             )
-            snap = Snapshot(taken_at=now)
+            snap = Snapshot(taken_at=now, redis=targets)
             snap.sources_up = {
                 "postgres": postgres is not None,
-                "redis": redis is not None,
+                "redis": latency is not None and all(t.up for t in targets),
                 "kafka": kafka is not None,
             }
             if postgres is not None:
@@ -154,8 +164,8 @@ class Monitor:
                 if kafka is not None:
                     ends, begins = kafka
                     snap.lag = consumer_lag(ends, begins, positions)
-            if redis is not None:
-                snap.redis, snap.latency = redis
+            if latency is not None:
+                snap.latency = latency
             self._snapshot = snap
             self.collector.snapshot = snap
             self._taken = time.monotonic()
@@ -197,26 +207,16 @@ class Monitor:
         ]
         return out
 
-    async def _read_redis(
-        self, now: datetime
-    ) -> tuple[RedisFigures, dict[tuple[str, str], LatencySummary]]:
-        redis = self.runtime.redis
-        info = await redis.info()
-        pipe = redis.pipeline(transaction=False)
+    async def _read_latency(self, now: datetime) -> dict[tuple[str, str], LatencySummary]:
+        """(metric, window) → summary of `metrics:{metric}:{window}` (session target)."""
+        pipe = self.runtime.redis.pipeline(transaction=False)
         keys: list[tuple[str, str]] = []
         for metric in METRICS:
             for window, span in METRIC_WINDOWS.items():
                 pipe.zrangebyscore(metrics_key(metric, window), (now - span).timestamp(), "+inf")
                 keys.append((metric, window))
         members = await pipe.execute()
-        figures = RedisFigures(
-            used_memory=int(info.get("used_memory", 0)),
-            maxmemory=int(info.get("maxmemory", 0)),
-            connected_clients=int(info.get("connected_clients", 0)),
-            evicted_keys=int(info.get("evicted_keys", 0)),
-        )
-        latency = {key: latency_summary(m) for key, m in zip(keys, members, strict=True)}
-        return figures, latency
+        return {key: latency_summary(m) for key, m in zip(keys, members, strict=True)}
 
     async def _read_kafka(self) -> tuple[dict[Partition, int], dict[Partition, int]]:
         client = await self._kafka_client()
@@ -320,15 +320,7 @@ class Monitor:
                     {"topic": t, "partition": p, "lag": n} for (t, p), n in sorted(lag.items())
                 ],
             },
-            "redis": None
-            if snap.redis is None
-            else {
-                "used_memory": snap.redis.used_memory,
-                "maxmemory": snap.redis.maxmemory,
-                "memory_ratio": snap.redis.memory_ratio,
-                "connected_clients": snap.redis.connected_clients,
-                "evicted_keys": snap.redis.evicted_keys,
-            },
+            "redis": redis_json(snap.redis),
             "connections": _connections_json(self.runtime),
             "alerts": {
                 "firing": [
@@ -382,6 +374,48 @@ def _day_json(day: DayFigures | None) -> dict[str, Any] | None:
         "active_sessions": day.active_sessions,
         "sessions_today": day.sessions_started,
         "system_load": day.system_load,
+    }
+
+
+def redis_json(targets: list[TargetFigures]) -> dict[str, Any]:
+    """The dashboard's Redis part; pure.
+
+    `memory_ratio`/`memory_target` and `connected_clients`/`clients_target`
+    are the alerts' figures (`redis_info.worst`: the fullest and the busiest
+    target that answered, None when none did); `down` lists the targets that
+    did not answer; `targets` has one row per distinct target, in family
+    order: `up`, and either its figures (bytes, counts; `node` host:port and
+    `role` of the server that answered) or `error`.
+    """
+    w = worst(targets)
+    rows: list[dict[str, Any]] = []
+    for t in targets:
+        f = t.figures
+        if f is None:
+            rows.append({"target": t.target, "up": False, "error": t.error})
+            continue
+        rows.append(
+            {
+                "target": t.target,
+                "up": True,
+                "node": f.node,
+                "role": f.role,
+                "used_memory": f.used_memory,
+                "maxmemory": f.maxmemory,
+                "memory_ratio": f.memory_ratio,
+                "policy": f.policy,
+                "connected_clients": f.connected_clients,
+                "evicted_keys": f.evicted_keys,
+                "keys": f.keys,
+            }
+        )
+    return {
+        "memory_ratio": w.memory_ratio,
+        "memory_target": w.memory_target,
+        "connected_clients": w.connected_clients,
+        "clients_target": w.clients_target,
+        "down": [t.target for t in targets if not t.up],
+        "targets": rows,
     }
 
 

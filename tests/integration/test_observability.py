@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -55,6 +56,14 @@ CHROMIUM_ARGS = [
 SCREENSHOT = LOG_DIR / f"{RUN}-dashboard.png"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+ONE_REDIS = "sessions+ai+voice"
+"""The one Redis target's label when REDIS_URL serves every family (SPEC §8)."""
+
+
+def redis_node(url: str) -> str:
+    """`host:port` of a redis:// URL, as the worker's connection names it."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
 
 
 def free_port() -> int:
@@ -208,12 +217,22 @@ async def test_metrics_after_a_known_sequence(obs: Obs) -> None:
     lag = {k: v for k, v in m.items() if k[0] == "rpcache_consumer_lag"}
     assert len(lag) == 3 * obs.run.settings.topic_partitions
     assert set(lag.values()) == {0}
-    # Redis INFO
+    # Redis INFO: REDIS_URL serves every family, so one target named after all three
     info = await obs.run.redis.info()
-    assert value(m, "rpcache_redis_maxmemory_bytes") == info["maxmemory"]
-    assert (value(m, "rpcache_redis_used_memory_bytes") or 0) > 0
-    assert (value(m, "rpcache_redis_connected_clients") or 0) >= 1
-    assert value(m, "rpcache_redis_evicted_keys_total") == info["evicted_keys"]
+    one = ONE_REDIS
+    assert [k for k in m if k[0] == "rpcache_redis_up"] == [
+        ("rpcache_redis_up", frozenset({("target", one)}))
+    ]
+    assert value(m, "rpcache_redis_up", target=one) == 1
+    assert value(m, "rpcache_redis_maxmemory_bytes", target=one) == info["maxmemory"]
+    assert (value(m, "rpcache_redis_used_memory_bytes", target=one) or 0) > 0
+    assert (value(m, "rpcache_redis_connected_clients", target=one) or 0) >= 1
+    assert value(m, "rpcache_redis_evicted_keys_total", target=one) == info["evicted_keys"]
+    assert (value(m, "rpcache_redis_keys", target=one) or 0) > 0  # sessions, caches, stats
+    node = redis_node(obs.run.settings.redis_url.get_secret_value())
+    policy = info["maxmemory_policy"]
+    answered = {"target": one, "node": node, "role": "master", "maxmemory_policy": policy}
+    assert value(m, "rpcache_redis_info", **answered) == 1
     # connection attempts of the pipelines; none failed
     assert (value(m, "rpcache_connection_attempts_total", dependency="postgres") or 0) >= 3
     assert (value(m, "rpcache_connection_attempts_total", dependency="redis") or 0) >= 3
@@ -245,6 +264,23 @@ async def test_dashboard_json_reports_the_same_figures(obs: Obs) -> None:
     rows = await obs.run.pool.fetch("SELECT rule, state FROM alert_log")
     assert history == {(r["rule"], r["state"]) for r in rows}
     assert [w["worker_id"] for w in d["workers"]] == [obs.run.settings.worker_id]
+    # Redis: one row, the one target every family shares
+    redis = d["redis"]
+    info = await obs.run.redis.info()
+    (row,) = redis["targets"]
+    assert {k: row[k] for k in ("target", "up", "node", "role", "maxmemory", "policy")} == {
+        "target": ONE_REDIS,
+        "up": True,
+        "node": redis_node(obs.run.settings.redis_url.get_secret_value()),
+        "role": "master",
+        "maxmemory": info["maxmemory"],
+        "policy": info["maxmemory_policy"],
+    }
+    assert row["used_memory"] > 0 and row["keys"] > 0 and row["connected_clients"] >= 1
+    assert redis["down"] == []
+    # the card's figure is the alerts': the fullest target, here the only one
+    assert redis["memory_target"] == ONE_REDIS
+    assert redis["memory_ratio"] == pytest.approx(row["used_memory"] / row["maxmemory"])
 
 
 # --- the dashboard in Chromium -------------------------------------------------------------
@@ -312,6 +348,14 @@ async def test_dashboard_in_headless_chromium(obs: Obs) -> None:
             assert await text("#worker-id").inner_text() == obs.run.settings.worker_id
             for source in ("postgres", "redis", "kafka"):
                 assert await text(f"#src-{source}").get_attribute("data-up") == "true"
+            assert await text("#src-redis-text").inner_text() == "Redis"
+            redis_rows = text("#redis-targets tr")
+            assert await redis_rows.count() == 1
+            cells = await text(f'#redis-targets tr[data-target="{ONE_REDIS}"] td').all_inner_texts()
+            node = redis_node(obs.run.settings.redis_url.get_secret_value())
+            assert cells[:3] == [ONE_REDIS, node, "master"]
+            assert cells[5] == data["redis"]["targets"][0]["policy"]
+            assert await text("#redis-targets-up").inner_text() == "1 of 1 target up"
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             png = await page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from streams.observe.alerts import AlertEngine
@@ -10,19 +11,26 @@ from streams.settings import Settings
 
 
 class FakeRedis:
-    """INFO memory / clients of one Redis, or a failure."""
+    """INFO of one Redis (memory and clients), or a failure; `client()` is its one
+    connection, as `streams.observe.redis_info.read_target` uses it."""
 
     def __init__(self, used: int, maxmemory: int, clients: int, down: bool = False) -> None:
-        self.sections = {
-            "memory": {"used_memory": used, "maxmemory": maxmemory},
-            "clients": {"connected_clients": clients},
-        }
+        self.fields = {"used_memory": used, "maxmemory": maxmemory, "connected_clients": clients}
         self.down = down
+        self.connection = SimpleNamespace(host="127.0.0.1", port=6379, db=0)
+        self.reads = 0
 
-    async def info(self, section: str) -> dict[str, Any]:
+    def client(self) -> FakeRedis:
+        return self
+
+    async def info(self) -> dict[str, Any]:
+        self.reads += 1
         if self.down:
             raise ConnectionError("refused")
-        return self.sections[section]
+        return self.fields
+
+    async def aclose(self) -> None:
+        return None
 
 
 def engine(masters: dict[str, Any]) -> AlertEngine:
@@ -66,3 +74,9 @@ async def test_one_shared_redis_is_read_once() -> None:
     shared = FakeRedis(20, 100, 4)
     readings = await engine({"sessions": shared, "ai": shared, "voice": shared})._redis_readings()
     assert readings["redis_memory_ratio"].value == 0.2
+    assert shared.reads == 1
+
+
+async def test_no_target_answering_gives_no_reading() -> None:
+    down = FakeRedis(0, 0, 0, down=True)
+    assert await engine({"sessions": down, "ai": down, "voice": down})._redis_readings() == {}

@@ -31,6 +31,7 @@ from streams.observe.metrics import (
     RedisFigures,
     Snapshot,
     SnapshotCollector,
+    TargetFigures,
     ThroughputMeter,
     latency_summary,
     percentile,
@@ -169,7 +170,12 @@ def test_snapshot_collector_exports_every_figure() -> None:
             ("synthesis_time", "1h"): latency_summary([]),
         },
         lag={("roleplay.session-events", 0): 0, ("roleplay.session-events", 1): 7},
-        redis=RedisFigures(used_memory=2048, maxmemory=0, connected_clients=3, evicted_keys=9),
+        redis=[
+            TargetFigures(
+                "sessions+ai+voice",
+                RedisFigures(used_memory=2048, maxmemory=0, connected_clients=3, evicted_keys=9),
+            )
+        ],
         alerts=[
             AlertFigure("ai_cache_hit_rate_low", "WARNING", True, None),
             AlertFigure("redis_memory_high", "CRITICAL", False, None),
@@ -196,10 +202,12 @@ def test_snapshot_collector_exports_every_figure() -> None:
         for name, labels in got
     )  # no percentile of nothing
     assert g("rpcache_consumer_lag", topic="roleplay.session-events", partition="1") == 7
-    assert g("rpcache_redis_used_memory_bytes") == 2048
-    assert g("rpcache_redis_maxmemory_bytes") == 0
-    assert g("rpcache_redis_connected_clients") == 3
-    assert g("rpcache_redis_evicted_keys_total") == 9
+    one = "sessions+ai+voice"  # every family on one Redis: one target
+    assert g("rpcache_redis_up", target=one) == 1
+    assert g("rpcache_redis_used_memory_bytes", target=one) == 2048
+    assert g("rpcache_redis_maxmemory_bytes", target=one) == 0
+    assert g("rpcache_redis_connected_clients", target=one) == 3
+    assert g("rpcache_redis_evicted_keys_total", target=one) == 9
     assert g("rpcache_alert_firing", rule="ai_cache_hit_rate_low", level="WARNING") == 1
     assert g("rpcache_alert_firing", rule="redis_memory_high", level="CRITICAL") == 0
     assert g("rpcache_alerts_firing") == 1

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from streams.observe.check import judge_policy
-from streams.redis_targets import Target, key_family, parse_target, target_urls
+from streams.redis_targets import (
+    Target,
+    cluster_client,
+    key_family,
+    master_client,
+    parse_target,
+    replica_client,
+    target_urls,
+)
 from streams.settings import Settings
 
 
@@ -69,11 +77,110 @@ def test_parse_target(url: str, fields: dict[str, Any]) -> None:
         ("memcached://x", "unknown Redis URL scheme"),
         ("redis+sentinel://s1:26379", "master name"),
         ("redis+sentinel:///m", "at least one Sentinel"),
+        ("redis+cluster://", "at least one seed node"),
+        ("redis+cluster://u:p@/0", "at least one seed node"),
+        ("redis+cluster://n1:7000/1", "database 0 only"),
+        ("rediss+cluster://n1:7000/15", "database 0 only"),
+        ("redis+cluster://n1:7000/abc", "database 0 only"),
+        ("redis+cluster://n1:7000/0/1", "database 0 only"),
+        ("redis+cluster://n1:7000,n2:port", "bad port"),
+        ("redis+cluster://n1:70000", "bad port"),
+        ("redis+cluster://n1:7000,:7001", "no host"),
+        ("redis+cluster://[::1]x", "bad seed node"),
+        ("redis+cluster://n1:7000?read_from_replicas=1", "no query options"),
     ],
 )
 def test_bad_target_urls(url: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         parse_target(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "fields"),
+    [
+        (
+            "redis+cluster://127.0.0.1:6401",
+            {"cluster_nodes": (("127.0.0.1", 6401),), "tls": False, "username": None},
+        ),
+        (
+            "redis+cluster://127.0.0.1:6401,127.0.0.1:6402,127.0.0.1:6403/0",
+            {
+                "cluster_nodes": (("127.0.0.1", 6401), ("127.0.0.1", 6402), ("127.0.0.1", 6403)),
+                "db": 0,
+            },
+        ),
+        ("redis+cluster://node-a/", {"cluster_nodes": (("node-a", 6379),)}),
+        (
+            "rediss+cluster://app:s%40cret@n1:7000,n2:7001",
+            {
+                "cluster_nodes": (("n1", 7000), ("n2", 7001)),
+                "username": "app",
+                "password": "s@cret",
+                "tls": True,
+            },
+        ),
+        (
+            "REDIS+CLUSTER://:only-password@[::1]:7000,[fe80::1]",
+            {
+                "cluster_nodes": (("::1", 7000), ("fe80::1", 6379)),
+                "username": None,
+                "password": "only-password",
+            },
+        ),
+    ],
+)
+def test_parse_cluster_target(url: str, fields: dict[str, Any]) -> None:
+    target = parse_target(url)
+    assert (target.kind, target.is_cluster, target.is_sentinel) == ("cluster", True, False)
+    assert (target.sentinels, target.master_name, target.db) == ((), "", 0)
+    for name, value in fields.items():
+        assert getattr(target, name) == value, name
+    shown = target.describe()
+    assert shown.startswith("cluster ") and "cret" not in shown and "password" not in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("redis://localhost:6379/0", "single"),
+        ("redis+sentinel://s:26379/m", "sentinel"),
+        ("redis+cluster://n:7000", "cluster"),
+    ],
+)
+def test_target_kind(url: str, kind: str) -> None:
+    assert parse_target(url).kind == kind
+
+
+async def test_cluster_client_from_seeds_with_credentials_and_tls() -> None:
+    """Built without I/O: the seeds, the ACL user and the REDIS_SSL_* options reach it."""
+    settings = Settings(redis_ssl_ca_certs="/tmp/ca.pem", redis_ssl_check_hostname=False)
+    target = parse_target("rediss+cluster://app:pw@n1:7000,n2:7001")
+    client = cluster_client(target, settings, socket_timeout=2)
+    try:
+        seeds = [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
+        assert seeds == [("n1", 7000), ("n2", 7001)]
+        kwargs = client.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("app", "pw")
+        assert kwargs["ssl_ca_certs"] == "/tmp/ca.pem"
+        assert kwargs["ssl_check_hostname"] is False
+        assert kwargs["socket_timeout"] == 2
+    finally:
+        await client.aclose()
+    plain = cluster_client(parse_target("redis+cluster://n1:7000"), Settings())
+    try:
+        assert "ssl_ca_certs" not in plain.connection_kwargs
+        assert plain.connection_kwargs.get("username") is None
+    finally:
+        await plain.aclose()
+
+
+def test_cluster_targets_have_no_single_master_client() -> None:
+    target = parse_target("redis+cluster://n1:7000")
+    with pytest.raises(ValueError, match="cluster_client"):
+        master_client(target, Settings())
+    assert replica_client(target, Settings()) is None
+    with pytest.raises(ValueError, match="not a Redis Cluster"):
+        cluster_client(parse_target("redis://localhost:6379/0"), Settings())
 
 
 def test_each_family_defaults_to_redis_url() -> None:

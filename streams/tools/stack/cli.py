@@ -30,6 +30,7 @@ from streams.tools.stack import (
     up,
     verify_secure,
 )
+from streams.tools.stack.cluster import ClusterTopology, cluster_env
 from streams.tools.stack.sentinel import SentinelTopology, sentinel_env
 
 stack_app = typer.Typer(
@@ -115,15 +116,18 @@ def up_command(
             "--redis",
             help="single: one Redis (REDIS_URL). sentinel: also a master and a replica per "
             "key family (sessions, ai, voice) with the family's eviction policy, watched by "
-            "three Sentinels; `rpcache stack env` then points each family at its set.",
+            "three Sentinels; `rpcache stack env` then points each family at its set. "
+            "cluster: also a Redis Cluster of three masters (ports 6401-6403, the design's "
+            "slot ranges and policies) and three replicas (6404-6406); `rpcache stack env` "
+            "then points every family at it, in the design layout.",
         ),
     ] = "single",
 ) -> None:
     """Start what does not answer yet (reusing what does) and wait until healthy."""
     started = time.monotonic()
     names = _names(services)
-    if redis_topology not in ("single", "sentinel"):
-        raise typer.BadParameter("--redis is single or sentinel")
+    if redis_topology not in ("single", "sentinel", "cluster"):
+        raise typer.BadParameter("--redis is single, sentinel or cluster")
     try:
         up(names, on_done=_print_outcome)
         if redis_topology == "sentinel":
@@ -133,6 +137,18 @@ def up_command(
             console.print(
                 f"{'redis':<9} [green]sentinel topology healthy[/]: a master and a synced "
                 "replica per family, three Sentinels",
+                highlight=False,
+            )
+        if redis_topology == "cluster":
+            cluster = ClusterTopology(get_settings())
+            notes = cluster.up()
+            for note in notes:
+                console.print(f"{'redis':<9} {note}", highlight=False)
+            console.print(
+                f"{'redis':<9} [green]cluster healthy[/]"
+                f"{'' if notes else ' (reused, already running)'}: three masters serving "
+                "0-5460, 5461-10922, 10923-16383 with the design's policies, a synced "
+                "replica each",
                 highlight=False,
             )
     except StackError as exc:
@@ -156,6 +172,7 @@ def down_command(services: ServicesArg = None) -> None:
         stopped = down(names)
         if "redis" in names:
             stopped["redis (sentinel topology)"] = SentinelTopology(get_settings()).down()
+            stopped["redis (cluster)"] = ClusterTopology(get_settings()).down()
     except StackError as exc:
         raise _fail(exc) from exc
     for name, was_ours in stopped.items():
@@ -178,6 +195,26 @@ def status_command(
         answers = "[green]yes[/]" if row.answers else "[red]no[/]"
         table.add_row(row.service, str(row.address), answers, str(row.pid or "-"), _short(row.log))
     console.print(table)
+    cluster = ClusterTopology(get_settings())
+    if "redis" in _names(services) and cluster.any_running():
+        nodes = Table("node", "port", "role", "slots", "policy", "pid (ours)")
+        nodes.title = "redis cluster (127.0.0.1)"
+        for node in cluster.rows():
+            role = "[red]down[/]" if node.role == "down" else node.role
+            nodes.add_row(
+                node.name,
+                str(node.port),
+                role,
+                node.slots or "-",
+                node.policy or "-",
+                str(node.pid or "-"),
+            )
+        console.print(nodes)
+        problem = cluster.problem()
+        console.print(
+            "redis cluster: [green]healthy[/]" if problem is None else f"redis cluster: {problem}",
+            highlight=False,
+        )
     if check and not all(row.answers for row in rows):
         raise typer.Exit(code=1)
 
@@ -192,21 +229,54 @@ def env_command(
             "with the ACL user, PostgreSQL with TLS (verify-full); includes the password.",
         ),
     ] = False,
+    redis_topology: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            help="auto: the sentinel topology or the cluster, whichever runs (neither: "
+            "single). single: REDIS_URL only. sentinel / cluster: that topology (it must run).",
+        ),
+    ] = "auto",
 ) -> None:
     """Print `export NAME=value` lines for this stack: eval "$(rpcache stack env)".
 
     When the sentinel topology runs (`stack up --redis sentinel`), each key
-    family's URL points at its master/replica set.
+    family's URL points at its master/replica set; when the cluster runs
+    (`stack up --redis cluster`), every family's URL points at the cluster,
+    with REDIS_CLUSTER_LAYOUT=design. When both run, `--redis` chooses.
     """
+    if redis_topology not in ("auto", "single", "sentinel", "cluster"):
+        raise typer.BadParameter("--redis is auto, single, sentinel or cluster")
     try:
         env = secure_env() if secure else plain_env()
-        if SentinelTopology(get_settings()).running():
-            env |= sentinel_env()
+        env |= _topology_env(redis_topology)
     except StackError as exc:
         typer.echo(f"stack error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     for line in export_lines(env):
         typer.echo(line)
+
+
+def _topology_env(choice: str) -> dict[str, str]:
+    """The family settings of the Redis topology `choice` (auto: the one that runs)."""
+    settings = get_settings()
+    running = {
+        "sentinel": SentinelTopology(settings).running(),
+        "cluster": ClusterTopology(settings).running(),
+    }
+    if choice == "auto":
+        found = [name for name, up in running.items() if up]
+        if len(found) > 1:
+            raise StackError(
+                "both the sentinel topology and the cluster run: choose with "
+                "`rpcache stack env --redis sentinel` or `--redis cluster`"
+            )
+        choice = found[0] if found else "single"
+    if choice == "single":
+        return {}
+    if not running[choice]:
+        raise StackError(f"the {choice} topology does not run: `rpcache stack up --redis {choice}`")
+    return sentinel_env() if choice == "sentinel" else cluster_env()
 
 
 if __name__ == "__main__":

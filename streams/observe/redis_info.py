@@ -1,0 +1,121 @@
+"""Each Redis target's INFO, read one way for `/metrics`, `/dashboard.json` and the alerts.
+
+SPEC §8 gives every key family a Redis target; families with the same URL
+share one (`RedisTargets.distinct()`). `read_targets` reads INFO (its default
+sections) from every distinct target concurrently, on that target's master
+client: for a Sentinel target, the master the Sentinels name now. Each
+target gets `timeout_s` of its own; one that fails or runs out of time is
+reported down (`TargetFigures.figures` None, with why) and the others are
+reported as usual, so a dead voice master hides nothing about the session
+target. Nothing here raises for a Redis failure.
+
+`worst` is the one place the alerts' Redis figures are computed (the fullest
+target's used/maxmemory, the busiest target's clients); the dashboard shows
+the same function's result on its Redis card, so the page and the alerts
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from redis.asyncio import Redis
+
+from streams.observe.metrics import RedisFigures, RedisWorst, TargetFigures
+from streams.redis_targets import RedisTargets, target_label
+
+log = logging.getLogger(__name__)
+
+INFO_TIMEOUT_S: Final = 2.0
+"""How long one target's INFO may take before the target counts as down."""
+
+
+def parse_info(info: Mapping[str, Any], db: int, node: str) -> RedisFigures:
+    """The figures of one INFO reply (redis-py's parsed dict: default sections); pure.
+
+    `db`: the target's database, whose key count INFO keyspace gives as `db<n>`
+    (absent when empty: 0 keys). `node`: the `host:port` that answered. A field
+    missing from the reply counts 0 (or "" for text); Redis's `slave` role is
+    reported as `replica`.
+    """
+    space = info.get(f"db{db}")
+    role = str(info.get("role", ""))
+    return RedisFigures(
+        used_memory=int(info.get("used_memory", 0)),
+        maxmemory=int(info.get("maxmemory", 0)),
+        connected_clients=int(info.get("connected_clients", 0)),
+        evicted_keys=int(info.get("evicted_keys", 0)),
+        keys=int(space.get("keys", 0)) if isinstance(space, Mapping) else 0,
+        policy=str(info.get("maxmemory_policy", "")),
+        node=node,
+        role="replica" if role == "slave" else role,
+    )
+
+
+def node_address(connection: object) -> str:
+    """`host:port` of a redis-py connection (`unix:<path>` for a socket, `?` when unknown)."""
+    host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    path = getattr(connection, "path", None)
+    return f"unix:{path}" if path else "?"
+
+
+async def read_target(target: str, client: Redis, timeout_s: float) -> TargetFigures:
+    """INFO of one target, on one connection of `client`'s pool (so the node that
+    answered is known), within `timeout_s`; a failure is returned as the target down
+    (and logged), never raised."""
+    one = client.client()  # that connection only; closing it gives it back to the pool
+    try:
+        async with asyncio.timeout(timeout_s):
+            info = await one.info()
+        connection = one.connection
+        db = int(getattr(connection, "db", 0) or 0)
+        return TargetFigures(target, parse_info(info, db, node_address(connection)))
+    except Exception as exc:
+        log.warning("Redis INFO of target %s failed: %r", target, exc)
+        return TargetFigures(target, None, repr(exc))
+    finally:
+        await one.aclose()
+
+
+async def read_targets(
+    targets: RedisTargets, timeout_s: float = INFO_TIMEOUT_S
+) -> list[TargetFigures]:
+    """Every distinct target's figures, concurrently, in family order (SPEC §8).
+
+    Labels are `target_label` of the families a target serves. Takes at most
+    about `timeout_s`; never raises for a Redis failure.
+    """
+    return list(
+        await asyncio.gather(
+            *(
+                read_target(target_label(families), client, timeout_s)
+                for families, client in targets.distinct()
+            )
+        )
+    )
+
+
+def worst(targets: Iterable[TargetFigures]) -> RedisWorst:
+    """The alerts' Redis figures over the targets that answered; pure.
+
+    The highest used/maxmemory (targets without a maxmemory have no ratio) and
+    the most connected clients, each with its target: one full voice master is
+    as critical as one full shared Redis. A target down is left out (the
+    connection-failure rule and `rpcache_redis_up` speak for it); the first
+    target wins a tie.
+    """
+    up = [(t.target, t.figures) for t in targets if t.figures is not None]
+    ratios = [(r, name) for name, f in up if (r := f.memory_ratio) is not None]
+    fullest = max(ratios, key=lambda x: x[0], default=None)  # max keeps the first of equals
+    busiest = max(((f.connected_clients, name) for name, f in up), key=lambda x: x[0], default=None)
+    return RedisWorst(
+        memory_ratio=fullest[0] if fullest else None,
+        memory_target=fullest[1] if fullest else None,
+        connected_clients=busiest[0] if busiest else None,
+        clients_target=busiest[1] if busiest else None,
+    )

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK := $(BIN)/python -m streams.tools.stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: venv setup stack-up stack-down stack-status test test-unit chaos demo lint
+.PHONY: venv setup stack-up stack-down stack-status test test-sentinel test-unit chaos demo lint
 
 venv: $(STAMP)
 
@@ -38,6 +38,17 @@ stack-status: venv
 # instead of skipping them (tests/needs.py).
 test: stack-up
 	@rc=0; RPCACHE_REQUIRE_STACK=1 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+# The session, cache and reader tests again with every key family on the local
+# Sentinel topology (a master and a replica per family, db 8): README, Tests.
+TOPOLOGY_TESTS := tests/integration/test_sessions.py tests/integration/test_caches.py \
+	tests/integration/test_reader.py
+test-sentinel: stack-up
+	$(STACK) up --redis sentinel
+	@rc=0; RPCACHE_REQUIRE_STACK=1 RPCACHE_REDIS_TOPOLOGY=sentinel \
+	$(BIN)/pytest -q $(TOPOLOGY_TESTS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; \
 	exit $$rc
 

@@ -40,9 +40,18 @@ from streams.observe.check import check_kafka, check_redis
 from streams.publisher import EventPublisher
 from streams.security import redis_options
 from streams.settings import Settings, get_settings
+from streams.tools.stack.common import StackError
+from streams.tools.stack.sentinel import SentinelTopology, sentinel_env
 from streams.worker.runtime import open_pool
 from streams.worker.topics import ensure_topics
 from tests import needs
+from tests.integration.topology import (
+    SENTINEL_DB,
+    TOPOLOGY_ENV,
+    RedisKeys,
+    family_env,
+    redis_topology,
+)
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -121,17 +130,56 @@ async def stack_answers() -> None:
         )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under RPCACHE_REDIS_TOPOLOGY=sentinel, skip the integration tests of modules
+    that do not declare it in REDIS_TOPOLOGIES (they check keys on REDIS_URL)."""
+    try:
+        topology = redis_topology()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    if topology == "single":
+        return
+    skip = pytest.mark.skip(reason=f"assumes one Redis (REDIS_URL), not {TOPOLOGY_ENV}={topology}")
+    for item in items:
+        module = getattr(item, "module", None)
+        if item.get_closest_marker("integration") and topology not in getattr(
+            module, "REDIS_TOPOLOGIES", ("single",)
+        ):
+            item.add_marker(skip)
+
+
+def on_one_redis() -> pytest.MarkDecorator:
+    """For a test of a module that runs on every topology but needs one Redis itself."""
+    topology = redis_topology()
+    return pytest.mark.skipif(
+        topology != "single", reason=f"about one Redis, not {TOPOLOGY_ENV}={topology}"
+    )
+
+
 @pytest.fixture(scope="session")
 def test_env() -> dict[str, str]:
-    """Environment of the workers and of the test process for this run."""
+    """Environment of the workers and of the test process for this run.
+
+    Under RPCACHE_REDIS_TOPOLOGY=sentinel the key families are on the local
+    Sentinel topology (started here when it does not run), db SENTINEL_DB;
+    REDIS_URL (db 15) then holds none of them.
+    """
     base = get_settings()
     db_url = _with_db(base.database_url.get_secret_value(), f"rpcache_test_{RUN}")
     redis_url = base.redis_url.get_secret_value().rsplit("/", 1)[0] + "/15"
+    families: dict[str, str] = {}
+    if redis_topology() == "sentinel":
+        try:
+            SentinelTopology(base).up()
+        except StackError as exc:
+            needs.missing(f"the sentinel topology does not start: {exc}")
+        families = sentinel_env(SENTINEL_DB)
     return {
         "TOPIC_PREFIX": f"test-{RUN}.",
         "APP_ID": f"rpcache-test-{RUN}",
         "DATABASE_URL": db_url,
         "REDIS_URL": redis_url,
+        **families,
         "WORKER_WEB_ENABLED": "false",
         "SESSION_SWEEP_INTERVAL_S": "1",
         "BATCH_WITHIN_MS": "20",
@@ -167,11 +215,20 @@ async def pool(settings: Settings, database: None) -> AsyncIterator[asyncpg.Pool
 
 
 @pytest.fixture(scope="session")
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
+async def redis_keys(settings: Settings) -> AsyncIterator[RedisKeys]:
+    """This run's keys, each on its family's target; emptied before and after the run."""
+    keys = RedisKeys.from_settings(settings)
+    await keys.flushdb()
+    yield keys
+    await keys.flushdb()
+    await keys.aclose()
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings, redis_keys: RedisKeys) -> AsyncIterator[Redis]:
+    """REDIS_URL's db: every family's target with one Redis (emptied by `redis_keys`)."""
     client = test_redis(settings.redis_url.get_secret_value())
-    await client.flushdb()
     yield client
-    await client.flushdb()
     await client.aclose()
 
 
@@ -311,6 +368,9 @@ class IsolatedRun:
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
+    """REDIS_URL's db."""
+    keys: RedisKeys
+    """The run's keys on their families' targets (REDIS_URL's db with one Redis)."""
     worker: WorkerProcess
     publisher: EventPublisher
 
@@ -319,13 +379,17 @@ class IsolatedRun:
 async def isolated_run(
     base_env: dict[str, str], name: str, redis_db: int, cwd: Path | None = None, **extra: str
 ) -> AsyncIterator[IsolatedRun]:
+    """`redis_db` is REDIS_URL's db, and that of the family targets `base_env` sets
+    (the sentinel run's), unless `extra` sets them; those are emptied like REDIS_URL's."""
     db = f"rpcache_test_{RUN}_{name}"
+    moved = {k: v for k, v in family_env(base_env, redis_db).items() if k not in extra}
     env = {
         **base_env,
         "TOPIC_PREFIX": f"test-{RUN}-{name}.",
         "APP_ID": f"rpcache-test-{RUN}-{name}",
         "DATABASE_URL": _with_db(base_env["DATABASE_URL"], db),
         "REDIS_URL": base_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}",
+        **moved,
         **extra,
     }
     settings = Settings(**{k.lower(): v for k, v in env.items()})
@@ -340,16 +404,22 @@ async def isolated_run(
     redis_url = settings.redis_url.get_secret_value()
     redis = test_redis(redis_url, **redis_options(settings, redis_url))
     await redis.flushdb()
+    keys = RedisKeys.from_settings(settings)
+    if moved:
+        await keys.flushdb()
     worker = WorkerProcess(env, name, cwd=cwd)
     worker.start()
     try:
         await worker.wait_ready()
         async with EventPublisher.from_settings(settings) as publisher:
-            yield IsolatedRun(env, settings, pool, redis, worker, publisher)
+            yield IsolatedRun(env, settings, pool, redis, keys, worker, publisher)
     finally:
         worker.stop()
         await redis.flushdb()
         await redis.aclose()
+        if moved:
+            await keys.flushdb()
+        await keys.aclose()
         await pool.close()
         conn = await asyncpg.connect(admin_url)
         await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

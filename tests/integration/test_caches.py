@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from schemas import H
 from schemas.keys import ai_response_key, format_utc, metrics_key, stats_key, voice_key
@@ -22,8 +21,11 @@ from tests.integration.conftest import (
     read_alerts,
     stored_count,
 )
+from tests.integration.topology import RedisKeys
 
 pytestmark = pytest.mark.integration
+REDIS_TOPOLOGIES = ("single", "sentinel")
+"""`make test` runs this module on one Redis, `make test-sentinel` on the Sentinel topology."""
 
 
 def ids() -> tuple[str, str]:
@@ -36,7 +38,7 @@ def b64(n: int) -> str:
 
 
 async def test_ai_miss_caches_and_hit_counts(
-    worker: WorkerProcess, publisher: EventPublisher, redis: Redis, pool: asyncpg.Pool
+    worker: WorkerProcess, publisher: EventPublisher, redis_keys: RedisKeys, pool: asyncpg.Pool
 ) -> None:
     user, sid = ids()
     prompt = f"こんにちは {uuid.uuid4()}"
@@ -51,8 +53,8 @@ async def test_ai_miss_caches_and_hit_counts(
         latency_ms=1250,
         occurred_at=at,
     )
-    raw = await eventually(lambda: redis.get(ai_response_key(prompt)), bool)
-    assert await redis.type(ai_response_key(prompt)) == "string"
+    raw = await eventually(lambda: redis_keys.get(ai_response_key(prompt)), bool)
+    assert await redis_keys.type(ai_response_key(prompt)) == "string"
     assert orjson.loads(raw) == {
         "prompt_hash": H(prompt),
         "response": "やあ",
@@ -60,7 +62,7 @@ async def test_ai_miss_caches_and_hit_counts(
         "model": "llama-3.1-70b",
         "cached_at": format_utc(at),
     }
-    ttl = await redis.pttl(ai_response_key(prompt))
+    ttl = await redis_keys.pttl(ai_response_key(prompt))
     assert abs(ttl / 1000 - ((at + timedelta(hours=1)) - datetime.now(UTC)).total_seconds()) < 5
 
     for _ in range(3):
@@ -82,13 +84,15 @@ async def test_ai_miss_caches_and_hit_counts(
         lambda r: r is not None and r["hit_count"] == 3,
     )
     assert (row["use_count"], row["cached_at"]) == (4, at)
-    assert orjson.loads(await redis.get(ai_response_key(prompt)))["cached_at"] == format_utc(at)
+    assert orjson.loads(await redis_keys.get(ai_response_key(prompt)))["cached_at"] == format_utc(
+        at
+    )
 
 
 async def test_voice_miss_caches_audio_and_limit(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -100,9 +104,9 @@ async def test_voice_miss_caches_audio_and_limit(
     await publisher.voice_synthesized(
         user, sid, speaker_id=6, text=text, audio_b64=audio, latency_ms=640, occurred_at=at
     )
-    got = await eventually(lambda: redis.get(voice_key(6, text)), bool, timeout_s=60)
+    got = await eventually(lambda: redis_keys.get(voice_key(6, text)), bool, timeout_s=60)
     assert got == audio
-    ttl = await redis.ttl(voice_key(6, text))
+    ttl = await redis_keys.ttl(voice_key(6, text))
     assert abs(ttl - ((at + timedelta(hours=24)) - datetime.now(UTC)).total_seconds()) < 5
     stored = await pool.fetchval(
         "SELECT audio FROM voice_clips WHERE speaker_id = 6 AND text_hash = $1", H(text)
@@ -126,11 +130,11 @@ async def test_voice_miss_caches_audio_and_limit(
         lambda r: r is not None,
     )
     assert row["reason"] == "audio_too_large"
-    assert await redis.exists(voice_key(6, text + "!")) == 0
+    assert await redis_keys.exists(voice_key(6, text + "!")) == 0
 
 
 async def test_latency_metrics_members_windows_and_ttl(
-    worker: WorkerProcess, publisher: EventPublisher, redis: Redis
+    worker: WorkerProcess, publisher: EventPublisher, redis_keys: RedisKeys
 ) -> None:
     user, sid = ids()
     now = datetime.now(UTC)
@@ -159,27 +163,25 @@ async def test_latency_metrics_members_windows_and_ttl(
         user, sid, speaker_id=1, text="t", audio_b64=b64(64), latency_ms=300, occurred_at=now
     )
 
-    async def members(key: str) -> dict[str, float]:
-        return dict(await redis.zrange(key, 0, -1, withscores=True))
-
     one_h = await eventually(
-        lambda: members(metrics_key("response_time", "1h")),
+        lambda: redis_keys.zscores(metrics_key("response_time", "1h")),
         lambda m: f"120:{older}" in m and f"87.5:{recent}" in m,
     )
     assert one_h[f"87.5:{recent}"] == pytest.approx(now.timestamp(), abs=1e-3)
-    five = await members(metrics_key("response_time", "5m"))
-    one = await members(metrics_key("response_time", "1m"))
+    five = await redis_keys.zscores(metrics_key("response_time", "5m"))
+    one = await redis_keys.zscores(metrics_key("response_time", "1m"))
     assert f"120:{older}" in five and f"87.5:{recent}" in five
     assert f"120:{older}" not in one and f"87.5:{recent}" in one  # older than 1 min: trimmed
     assert all(
         s >= (datetime.now(UTC) - timedelta(minutes=1, seconds=5)).timestamp() for s in one.values()
     )
     synth_m = await eventually(
-        lambda: members(metrics_key("synthesis_time", "1m")), lambda m: f"300:{synth}" in m
+        lambda: redis_keys.zscores(metrics_key("synthesis_time", "1m")),
+        lambda m: f"300:{synth}" in m,
     )
     assert synth_m
     for key in (metrics_key("response_time", "1m"), metrics_key("synthesis_time", "1h")):
-        assert 0 < await redis.ttl(key) <= 300
+        assert 0 < await redis_keys.ttl(key) <= 300
 
 
 async def test_stats_duplicates_and_alerts_in_isolation(test_env: dict[str, str]) -> None:
@@ -193,7 +195,7 @@ async def test_stats_duplicates_and_alerts_in_isolation(test_env: dict[str, str]
         ALERT_INTERVAL_S="1",
         MAX_CONCURRENT_SESSIONS="10",
     ) as run:
-        pub, redis = run.publisher, run.redis
+        pub, keys = run.publisher, run.keys
         user, _ = ids()
         day = datetime.now(run.settings.tz).date()
         sid = await pub.session_started(user, speaker_id=1)
@@ -266,12 +268,12 @@ async def test_stats_duplicates_and_alerts_in_isolation(test_env: dict[str, str]
             "error_rate": "0.0434783",  # 2 failed / (40 + 4 + 2)
         }
         got = await eventually(
-            lambda: redis.hgetall(stats_key(day)),  # type: ignore[arg-type]
+            lambda: keys.hgetall(stats_key(day)),
             lambda s: s == want,
         )
         assert got == want
-        assert 86000 < await redis.ttl(stats_key(day)) <= 86400
-        shown = await redis.zcard(metrics_key("response_time", "1h"))
+        assert 86000 < await keys.ttl(stats_key(day)) <= 86400
+        shown = await keys.zcard(metrics_key("response_time", "1h"))
         assert shown == 40  # duplicates added no member
 
         alerts = await read_alerts(run.settings, "ai_cache_hit_rate_low", want=2)

@@ -1,8 +1,13 @@
 """CacheReader against real servers: projections, read-through, a Redis outage, a replica.
 
-The outage and replica tests run redis-server processes of their own on free
-ports (never the shared one on 6379), stop and restart them, and point a reader
-at them and at this run's PostgreSQL database, which the shared worker fills.
+The projection tests read what the shared worker wrote, wherever this run's
+families are (tests/integration/topology.py): one Redis, or, under
+`make test-sentinel`, a Sentinel master/replica set per family, where session
+and user-state reads come from the replica (the test waits until it has the
+master's writes). The outage and replica tests run redis-server processes of
+their own on free ports (never the shared one on 6379), stop and restart them,
+and point a reader at them and at this run's PostgreSQL database, which the
+shared worker fills; they are about one Redis and run in `make test` only.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import asyncpg
 import orjson
 import pytest
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from schemas import H
 from schemas.keys import (
@@ -35,9 +39,12 @@ from schemas.keys import (
 from streams.publisher import EventPublisher
 from streams.read.reader import BreakerState, CacheReader, ReadResult
 from streams.settings import Settings
-from tests.integration.conftest import PrivateRedis, WorkerProcess, eventually
+from tests.integration.conftest import PrivateRedis, WorkerProcess, eventually, on_one_redis
+from tests.integration.topology import RedisKeys, redis_topology
 
 pytestmark = pytest.mark.integration
+REDIS_TOPOLOGIES = ("single", "sentinel")
+"""`make test` runs this module on one Redis, `make test-sentinel` on the Sentinel topology."""
 
 
 # --- what the worker projected ------------------------------------------------------
@@ -63,7 +70,7 @@ class Entities:
 
 @pytest.fixture(scope="module")
 async def entities(
-    worker: WorkerProcess, publisher: EventPublisher, redis: Redis, pool: asyncpg.Pool
+    worker: WorkerProcess, publisher: EventPublisher, redis_keys: RedisKeys, pool: asyncpg.Pool
 ) -> Entities:
     """One user with preferences, an open session, a cached AI response and voice clip."""
     user = f"u-{uuid.uuid4().hex[:8]}"
@@ -105,12 +112,23 @@ async def entities(
     )
 
     async def projected() -> tuple[int, str | None]:
-        return await redis.exists(*e.keys), await redis.hget(
+        return await redis_keys.exists(*e.keys), await redis_keys.hget(
             user_state_key(user), "current_session_id"
         )
 
     await eventually(projected, lambda r: r == (4, sid))
+    await redis_keys.replicated()  # session reads may go to a replica
     return e
+
+
+def where_read() -> list[tuple[str, str]]:
+    """(target, node) that serve session, user-state, AI and voice reads from Redis
+    (README, Redis topologies): one Redis serves all; on Sentinel each family's
+    set, session and user state from its replica, the caches from their master."""
+    if redis_topology() == "sentinel":
+        return [("sessions", "replica"), ("sessions", "replica"), ("ai", "master"),
+                ("voice", "master")]  # fmt: skip
+    return [("sessions+ai+voice", "master")] * 4
 
 
 def reader_settings(base: Settings, **update: Any) -> Settings:
@@ -147,36 +165,44 @@ def assert_values(results: list[ReadResult[Any]], e: Entities) -> None:
 
 # --- projections and read-through on the shared Redis ----------------------------------
 async def test_reads_projections_then_reads_through_deleted_keys(
-    entities: Entities, redis: Redis, settings: Settings
+    entities: Entities, redis_keys: RedisKeys, settings: Settings
 ) -> None:
     e = entities
     async with CacheReader.from_settings(reader_settings(settings, read_timeout_ms=1000)) as r:
         first = await read_all(r, e)
         assert [x.source for x in first] == ["redis"] * 4
-        assert first[0].value == await redis.hgetall(session_key(e.sid))
-        assert first[1].value == await redis.hgetall(user_state_key(e.user))
-        assert first[2].value == orjson.loads(await redis.get(ai_response_key(e.prompt)))
+        assert [(x.target, x.node) for x in first] == where_read()
+        assert first[0].value == await redis_keys.hgetall(session_key(e.sid))
+        assert first[1].value == await redis_keys.hgetall(user_state_key(e.user))
+        assert first[2].value == orjson.loads(await redis_keys.get(ai_response_key(e.prompt)))
         assert_values(first, e)
 
-        ttls = [await redis.pttl(k) for k in e.keys]
+        ttls = [await redis_keys.pttl(k) for k in e.keys]
         assert all(t > 0 for t in ttls)
-        await redis.delete(*e.keys)
+        assert await redis_keys.delete(*e.keys) == 4
+        await redis_keys.replicated()
         again = await read_all(r, e)
         assert [x.source for x in again] == ["postgres"] * 4
         assert [x.value for x in again] == [x.value for x in first]
-        for key, before in zip(e.keys, ttls, strict=True):
-            assert abs(await redis.pttl(key) - before) < 3000, key
-        assert [x.source for x in await read_all(r, e)] == ["redis"] * 4
+        for key, before in zip(e.keys, ttls, strict=True):  # written back to the masters
+            assert abs(await redis_keys.pttl(key) - before) < 3000, key
+        await redis_keys.replicated()
+        third = await read_all(r, e)
+        assert [(x.source, x.target, x.node) for x in third] == [
+            ("redis", *w) for w in where_read()
+        ]
+        assert [x.value for x in third] == [x.value for x in first]
 
         s = r.stats
         assert (s.reads, s.hits, s.read_throughs, s.write_backs, s.misses) == (12, 8, 4, 4, 0)
         assert (s.fallbacks, s.redis_errors, s.breaker_state) == (0, 0, BreakerState.CLOSED)
+        assert s.replica_hits == 2 * sum(node == "replica" for _, node in where_read())
 
 
 async def test_expired_entries_are_misses_everywhere(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -211,7 +237,7 @@ async def test_expired_entries_are_misses_everywhere(
         assert await r.get_voice(1, "never synthesized") == ReadResult(None, "miss")
         assert r.stats.misses == 3
         assert r.stats.write_backs == 0
-    assert await redis.exists(ai_response_key(prompt), session_key(sid)) == 0
+    assert await redis_keys.exists(ai_response_key(prompt), session_key(sid)) == 0
 
 
 async def info(server: PrivateRedis, section: str) -> dict[str, Any]:
@@ -223,6 +249,7 @@ async def info(server: PrivateRedis, section: str) -> dict[str, Any]:
 
 
 # --- Redis down -------------------------------------------------------------------------------
+@on_one_redis()
 async def test_redis_outage_served_by_postgres_breaker_opens_and_recovers(
     entities: Entities,
     settings: Settings,
@@ -313,6 +340,7 @@ async def test_redis_outage_served_by_postgres_breaker_opens_and_recovers(
 
 
 # --- replica -------------------------------------------------------------------------------------
+@on_one_redis()
 async def test_reads_hit_the_replica_and_write_backs_land_on_the_primary(
     entities: Entities,
     settings: Settings,

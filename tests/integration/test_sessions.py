@@ -10,15 +10,17 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from schemas.keys import SESSION_TTL, format_utc, session_key, stats_key, user_state_key
 from streams.publisher import EventPublisher
 from streams.settings import Settings
 from streams.store import postgres as pg
 from tests.integration.conftest import WorkerProcess, eventually, stored_count
+from tests.integration.topology import RedisKeys
 
 pytestmark = pytest.mark.integration
+REDIS_TOPOLOGIES = ("single", "sentinel")
+"""`make test` runs this module on one Redis, `make test-sentinel` on the Sentinel topology."""
 
 
 def user() -> str:
@@ -42,14 +44,10 @@ async def open_sessions(pool: asyncpg.Pool) -> int:
         return await pg.count_open_sessions(conn, datetime.now(UTC), SESSION_TTL.total_seconds())
 
 
-async def hgetall(redis: Redis, key: str) -> dict[str, str]:
-    return await redis.hgetall(key)  # type: ignore[no-any-return,misc]
-
-
 async def test_session_lifecycle(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -78,14 +76,16 @@ async def test_session_lifecycle(
         "last_activity": format_utc(t0 + timedelta(seconds=3)),
         "performance_stats": '{"wpm":120}',
     }
-    got = await eventually(lambda: hgetall(redis, session_key(sid)), lambda v: v == want_session)
+    got = await eventually(
+        lambda: redis_keys.hgetall(session_key(sid)), lambda v: v == want_session
+    )
     assert got == want_session
-    assert await redis.type(session_key(sid)) == "hash"
-    ttl = await redis.pttl(session_key(sid))
+    assert await redis_keys.type(session_key(sid)) == "hash"
+    ttl = await redis_keys.pttl(session_key(sid))
     expected_ttl = (t0 + timedelta(seconds=3, minutes=30) - datetime.now(UTC)).total_seconds()
     assert abs(ttl / 1000 - expected_ttl) < 5, (ttl, expected_ttl)
 
-    state = await hgetall(redis, user_state_key(u))
+    state = await redis_keys.hgetall(user_state_key(u))
     assert state == {
         "current_session_id": sid,
         "last_login": format_utc(t0),
@@ -94,7 +94,7 @@ async def test_session_lifecycle(
         "remaining_sessions": str(settings.daily_session_quota - 1),
     }
     # 1 h after the user's latest event (the activity at t0 + 3 s)
-    user_ttl = await redis.pttl(user_state_key(u))
+    user_ttl = await redis_keys.pttl(user_state_key(u))
     expected_user_ttl = (t0 + timedelta(seconds=3, hours=1) - datetime.now(UTC)).total_seconds()
     assert abs(user_ttl / 1000 - expected_user_ttl) < 5, (user_ttl, expected_user_ttl)
 
@@ -104,9 +104,9 @@ async def test_session_lifecycle(
     assert dict(row) == {"status": "paused", "speaker_id": 3, "scenario_id": "cafe-1"}
 
     await publisher.session_ended(u, sid, reason="bye", occurred_at=t0 + timedelta(seconds=4))
-    await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 0)
+    await eventually(lambda: redis_keys.exists(session_key(sid)), lambda n: n == 0)
     state = await eventually(
-        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("current_session_id") == ""
+        lambda: redis_keys.hgetall(user_state_key(u)), lambda s: s.get("current_session_id") == ""
     )
     assert state["daily_session_count"] == "1"
     row = await pool.fetchrow(
@@ -119,7 +119,7 @@ async def test_session_lifecycle(
 async def test_daily_quota_and_stats(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -128,30 +128,30 @@ async def test_daily_quota_and_stats(
     u = user()
     ids = [await publisher.session_started(u, speaker_id=i) for i in range(3)]
     await eventually(
-        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("daily_session_count") == "3"
+        lambda: redis_keys.hgetall(user_state_key(u)), lambda s: s.get("daily_session_count") == "3"
     )
-    state = await hgetall(redis, user_state_key(u))
+    state = await redis_keys.hgetall(user_state_key(u))
     assert state["remaining_sessions"] == str(settings.daily_session_quota - 3)
     assert state["current_session_id"] == ids[-1]
     assert await counters(pool, day) == before + 3
 
     async def stats() -> dict[str, str]:
-        return await hgetall(redis, stats_key(day))
+        return await redis_keys.hgetall(stats_key(day))
 
     open_in_pg = await open_sessions(pool)
     got = await eventually(stats, lambda s: s.get("total_sessions_today") == str(before + 3))
     assert int(got["active_sessions"]) == open_in_pg
-    assert 86000 < await redis.ttl(stats_key(day)) <= 86400
+    assert 86000 < await redis_keys.ttl(stats_key(day)) <= 86400
 
 
 async def test_quota_never_goes_below_zero(
-    worker: WorkerProcess, settings: Settings, redis: Redis, publisher: EventPublisher
+    worker: WorkerProcess, settings: Settings, redis_keys: RedisKeys, publisher: EventPublisher
 ) -> None:
     u = user()
     for i in range(settings.daily_session_quota + 2):
         await publisher.session_started(u, speaker_id=i % 5)
     state = await eventually(
-        lambda: hgetall(redis, user_state_key(u)),
+        lambda: redis_keys.hgetall(user_state_key(u)),
         lambda s: s.get("daily_session_count") == str(settings.daily_session_quota + 2),
     )
     assert state["remaining_sessions"] == "0"
@@ -160,18 +160,18 @@ async def test_quota_never_goes_below_zero(
 async def test_idle_session_expires(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
     u = user()
     almost_idle = datetime.now(UTC) - timedelta(minutes=30) + timedelta(seconds=4)
     sid = await publisher.session_started(u, speaker_id=1, occurred_at=almost_idle)
-    await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 1)
+    await eventually(lambda: redis_keys.exists(session_key(sid)), lambda n: n == 1)
     # The leader rewrites the stats hash on a timer: wait until it counts this session.
     open_now = await open_sessions(pool)
     shown = await eventually(
-        lambda: hgetall(redis, stats_key(today(settings))),
+        lambda: redis_keys.hgetall(stats_key(today(settings))),
         lambda s: int(s.get("active_sessions", -1)) == open_now,
     )
     active_before = int(shown["active_sessions"])
@@ -186,12 +186,12 @@ async def test_idle_session_expires(
     assert row["ended_at"] == almost_idle.replace(microsecond=almost_idle.microsecond) + timedelta(
         minutes=30
     )
-    assert await redis.exists(session_key(sid)) == 0
+    assert await redis_keys.exists(session_key(sid)) == 0
     await eventually(
-        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("current_session_id") == ""
+        lambda: redis_keys.hgetall(user_state_key(u)), lambda s: s.get("current_session_id") == ""
     )
     stats = await eventually(
-        lambda: hgetall(redis, stats_key(today(settings))),
+        lambda: redis_keys.hgetall(stats_key(today(settings))),
         lambda s: int(s["active_sessions"]) < active_before,
     )
     open_in_pg = await open_sessions(pool)
@@ -201,7 +201,7 @@ async def test_idle_session_expires(
 async def test_duplicates_change_nothing(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -220,7 +220,7 @@ async def test_duplicates_change_nothing(
     assert await stored_count(pool, [eid]) == 1
     assert await counters(pool, day) == before + 1
     state = await eventually(
-        lambda: hgetall(redis, user_state_key(u)), lambda s: s.get("daily_session_count") == "1"
+        lambda: redis_keys.hgetall(user_state_key(u)), lambda s: s.get("daily_session_count") == "1"
     )
     assert state["current_session_id"] == sid
     conflicts = await pool.fetchval("SELECT count(*) FROM dead_letters WHERE event_id = $1", eid)
@@ -276,7 +276,7 @@ def _bad_inputs(settings: Settings) -> list[tuple[str, bytes]]:
 async def test_bad_input_is_dead_lettered_and_the_next_event_lands(
     worker: WorkerProcess,
     publisher: EventPublisher,
-    redis: Redis,
+    redis_keys: RedisKeys,
     pool: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -290,7 +290,7 @@ async def test_bad_input_is_dead_lettered_and_the_next_event_lands(
         await publisher.publish_raw(topic, key, raw)
     u = user()
     sid = await publisher.session_started(u, speaker_id=4)  # the next good event
-    await eventually(lambda: redis.exists(session_key(sid)), lambda n: n == 1)
+    await eventually(lambda: redis_keys.exists(session_key(sid)), lambda n: n == 1)
 
     rows = await eventually(
         lambda: pool.fetch(
@@ -303,7 +303,7 @@ async def test_bad_input_is_dead_lettered_and_the_next_event_lands(
     assert [r["reason"] for r in rows] == [c[0] for c in cases]
     assert [bytes(r["original"]) for r in rows] == [c[1] for c in cases]
     assert all(r["detail"] for r in rows)
-    assert await redis.exists("user:evil:user:{x}:state") == 0
+    assert await redis_keys.exists("user:evil:user:{x}:state") == 0
 
     consumer = AIOKafkaConsumer(
         dl_topic,
@@ -332,7 +332,7 @@ async def test_bad_input_is_dead_lettered_and_the_next_event_lands(
 
 
 async def test_faust_cli_runs_the_same_worker(
-    test_env: dict[str, str], database: None, redis: Redis, pool: asyncpg.Pool
+    test_env: dict[str, str], database: None, redis_keys: RedisKeys, pool: asyncpg.Pool
 ) -> None:
     """`faust -A streams.app worker` is the same app as `rpcache worker`."""
     from pathlib import Path
@@ -351,7 +351,7 @@ async def test_faust_cli_runs_the_same_worker(
         await w.wait_ready()
         async with EventPublisher.from_settings(cli_settings) as pub:
             sid = await pub.session_started(user(), speaker_id=9)
-        got = await eventually(lambda: hgetall(redis, session_key(sid)), bool)
+        got = await eventually(lambda: redis_keys.hgetall(session_key(sid)), bool)
         assert got["speaker_id"] == "9"
     finally:
         assert w.stop() == 0

@@ -36,7 +36,7 @@ is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -47,6 +47,7 @@ from redis.asyncio.sentinel import Sentinel
 
 # The families are defined with the key rules (schemas.keys) and re-exported here.
 from schemas.keys import KEY_FAMILIES as KEY_FAMILIES  # noqa: PLC0414
+from schemas.keys import ClusterLayout, layout_key
 from schemas.keys import KeyFamily as KeyFamily  # noqa: PLC0414
 from streams.security import redis_options, redis_tls_options
 from streams.settings import Settings
@@ -300,17 +301,27 @@ def cluster_client(target: Target, settings: Settings, **kwargs: Any) -> RedisCl
     )
 
 
+Client = Redis | RedisCluster
+"""A family's write client: one master (single or Sentinel), or a whole cluster."""
+
+
 @dataclass
 class RedisTargets:
-    """Every family's master client (and replica client, for Sentinel targets).
+    """Every family's master client (and replica client, for Sentinel targets), and
+    the key layout each family's keys take there.
 
     Families whose URLs are equal share one client, so the default (REDIS_URL
-    for all) is one connection pool as before.
+    for all) is one connection pool as before. A cluster target's client is
+    redis-py's `RedisCluster` and its keys follow REDIS_CLUSTER_LAYOUT; every
+    other target stores the SPEC §4 keys as they are.
     """
 
     targets: dict[KeyFamily, Target]
-    masters: dict[KeyFamily, Redis]
+    masters: dict[KeyFamily, Client]
     replicas: dict[KeyFamily, Redis | None]
+    layouts: dict[KeyFamily, ClusterLayout] = field(
+        default_factory=lambda: dict.fromkeys(KEY_FAMILIES, "hash")
+    )
 
     @classmethod
     def single(cls, client: Redis, url: str = "redis://localhost:6379/0") -> RedisTargets:
@@ -325,27 +336,47 @@ class RedisTargets:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RedisTargets:
         """Clients for every family; `kwargs` go to each client (timeouts, decoding)."""
-        by_url: dict[str, tuple[Target, Redis, Redis | None]] = {}
+        by_url: dict[str, tuple[Target, Client, Redis | None]] = {}
         targets: dict[KeyFamily, Target] = {}
-        masters: dict[KeyFamily, Redis] = {}
+        masters: dict[KeyFamily, Client] = {}
         replicas: dict[KeyFamily, Redis | None] = {}
+        layouts: dict[KeyFamily, ClusterLayout] = {}
         for family, url in target_urls(settings).items():
             if url not in by_url:
                 target = parse_target(url)
                 by_url[url] = (
-                    target,
-                    master_client(target, settings, **kwargs),
-                    replica_client(target, settings, **kwargs),
+                    (target, cluster_client(target, settings, **kwargs), None)
+                    if target.is_cluster
+                    else (
+                        target,
+                        master_client(target, settings, **kwargs),
+                        replica_client(target, settings, **kwargs),
+                    )
                 )
             targets[family], masters[family], replicas[family] = by_url[url]
-        return cls(targets, masters, replicas)
+            layouts[family] = (
+                settings.redis_cluster_layout if targets[family].is_cluster else "hash"
+            )
+        return cls(targets, masters, replicas, layouts)
 
-    def master_for(self, key: str) -> Redis:
+    def master_for(self, key: str) -> Client:
+        """The client that writes `key` (a SPEC §4 key): its family's."""
         return self.masters[key_family(key)]
 
-    def distinct(self) -> list[tuple[tuple[KeyFamily, ...], Redis]]:
+    def key(self, key: str) -> str:
+        """The key stored for the SPEC §4 key `key` on its family's target
+        (`schemas.keys.layout_key`: itself unless a design-layout cluster)."""
+        layout = self.layouts[key_family(key)]
+        return key if layout == "hash" else layout_key(key, layout)
+
+    @property
+    def relayout(self) -> bool:
+        """True when some family's stored keys differ from the SPEC §4 keys."""
+        return any(layout != "hash" for layout in self.layouts.values())
+
+    def distinct(self) -> list[tuple[tuple[KeyFamily, ...], Client]]:
         """Each distinct master client with the families it serves, in family order."""
-        seen: dict[int, tuple[list[KeyFamily], Redis]] = {}
+        seen: dict[int, tuple[list[KeyFamily], Client]] = {}
         for family, client in self.masters.items():
             seen.setdefault(id(client), ([], client))[0].append(family)
         return [(tuple(families), client) for families, client in seen.values()]
@@ -357,9 +388,11 @@ class RedisTargets:
             await close_client(replica)
 
 
-async def close_client(client: Redis) -> None:
+async def close_client(client: Client) -> None:
     """Close a client, and for a Sentinel-managed one the Sentinel connections too."""
     await client.aclose()
+    if isinstance(client, RedisCluster):
+        return
     manager = getattr(client.connection_pool, "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", []):
         await sentinel.aclose()

@@ -33,7 +33,6 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
-from redis.asyncio import Redis
 
 from schemas.keys import (
     METRIC_WINDOWS,
@@ -60,7 +59,7 @@ from streams.observe.metrics import (
 )
 from streams.observe.redis_info import read_targets, worst
 from streams.projections import day_figures
-from streams.redis_targets import RedisTargets
+from streams.redis_targets import Client, RedisTargets
 from streams.reducers.sessions import business_day
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -111,7 +110,7 @@ class Watched(Protocol):
 
     settings: Settings
     pool: asyncpg.Pool
-    redis: Redis
+    redis: Client
     """The session target's master: the latency sorted sets."""
     targets: RedisTargets
     """Every family's target: INFO of each distinct one."""
@@ -208,12 +207,15 @@ class Monitor:
         return out
 
     async def _read_latency(self, now: datetime) -> dict[tuple[str, str], LatencySummary]:
-        """(metric, window) → summary of `metrics:{metric}:{window}` (session target)."""
+        """(metric, window) → summary of `metrics:{metric}:{window}` (session target,
+        where the key is stored: `RedisTargets.key`)."""
+        targets = self.runtime.targets
         pipe = self.runtime.redis.pipeline(transaction=False)
         keys: list[tuple[str, str]] = []
         for metric in METRICS:
             for window, span in METRIC_WINDOWS.items():
-                pipe.zrangebyscore(metrics_key(metric, window), (now - span).timestamp(), "+inf")
+                stored = targets.key(metrics_key(metric, window))
+                pipe.zrangebyscore(stored, (now - span).timestamp(), "+inf")
                 keys.append((metric, window))
         members = await pipe.execute()
         return {key: latency_summary(m) for key, m in zip(keys, members, strict=True)}

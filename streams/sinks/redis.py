@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis, RedisCluster
 
+from schemas.keys import ClusterLayout, KeyFamily
 from streams.projections import RedisOp
-from streams.redis_targets import RedisTargets
+from streams.redis_targets import Client, RedisTargets, key_family
 from streams.sinks import redis_cluster
 from streams.sinks.resp import pack, read_replies
 
@@ -50,20 +51,22 @@ async def write_by_target(targets: RedisTargets, ops: list[RedisOp]) -> None:
     those (resending a landed one would be harmless too: values and expiries
     are absolute).
     """
-    groups: dict[int, tuple[Redis | RedisCluster, list[RedisOp]]] = {}
+    groups: dict[int, tuple[Client, list[RedisOp]]] = {}
     for op in ops:
         master = targets.master_for(op.key)
         groups.setdefault(id(master), (master, []))[1].append(op)
+    layout = targets.layouts  # only a cluster target's may differ from "hash"
     if len(groups) == 1:
         ((client, group),) = groups.values()
         try:
-            await _send(client, group)
+            await _send(client, group, layout)
         except BaseException:
             ops[:] = group
             raise
         return
     results = await asyncio.gather(
-        *(_send(client, group) for client, group in groups.values()), return_exceptions=True
+        *(_send(client, group, layout) for client, group in groups.values()),
+        return_exceptions=True,
     )
     failed = [r for r in results if isinstance(r, BaseException)]
     if not failed:
@@ -77,10 +80,12 @@ async def write_by_target(targets: RedisTargets, ops: list[RedisOp]) -> None:
     raise failed[0]
 
 
-async def _send(client: Redis | RedisCluster, group: list[RedisOp]) -> None:
+async def _send(
+    client: Client, group: list[RedisOp], layouts: dict[KeyFamily, ClusterLayout]
+) -> None:
     """Write one target's ops. A cluster target cuts `group` down, in place, to what
     did not land before it raises; a single node lands all of it or is resent whole."""
     if isinstance(client, RedisCluster):
-        await redis_cluster.write(client, group)
+        await redis_cluster.write(client, group, layouts[key_family(group[0].key)])
     else:
         await write(client, group)

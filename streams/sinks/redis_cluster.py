@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import Final
 
 import redis.exceptions as redis_errors
@@ -28,6 +29,7 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
+from schemas.keys import ClusterLayout, layout_key
 from streams.projections import RedisOp
 from streams.sinks.resp import REPLIES, pack, read_replies
 
@@ -49,8 +51,9 @@ _Route = tuple[str, bool]
 """A node's name (host:port) and whether its ops go with ASKING."""
 
 
-async def write(cluster: RedisCluster, ops: list[RedisOp]) -> None:
-    """Execute `ops` on the masters owning their keys' slots; each master's in order.
+async def write(cluster: RedisCluster, ops: list[RedisOp], layout: ClusterLayout = "hash") -> None:
+    """Execute `ops` (SPEC §4 keys) on the masters owning their stored keys' slots
+    (`layout`: REDIS_CLUSTER_LAYOUT, `schemas.keys.layout_key`); each master's in order.
 
     When this raises, `ops` has been cut down, in place, to what did not land
     (on success it is left as given); the error is the last of the last round:
@@ -60,58 +63,65 @@ async def write(cluster: RedisCluster, ops: list[RedisOp]) -> None:
     if not ops:
         return
     await cluster.initialize()  # once; a no-op afterwards
-    pending: list[tuple[RedisOp, str | None]] = [(op, None) for op in ops]
+    stored = (
+        ops if layout == "hash" else [replace(op, key=layout_key(op.key, layout)) for op in ops]
+    )
+    pending: list[tuple[int, str | None]] = [(i, None) for i in range(len(ops))]
     last: BaseException | None = None
     for round_ in range(_ROUNDS):
         if round_:
             await asyncio.sleep(0.05 * round_)  # TRYAGAIN / a failover in progress
             await _refresh(cluster)
-        pending, errors = await _send_round(cluster, pending)
+        pending, errors = await _send_round(cluster, stored, pending)
         if not pending:
             return
         last = errors[-1]
         if not all(isinstance(e, _RESEND) for e in errors):
             break  # an answer a refreshed map cannot change (OOM, WRONGTYPE...)
-    ops[:] = [op for op, _ in pending]
+    ops[:] = [ops[i] for i, _ in pending]
     assert last is not None
     raise last
 
 
 async def _send_round(
-    cluster: RedisCluster, pending: list[tuple[RedisOp, str | None]]
-) -> tuple[list[tuple[RedisOp, str | None]], list[BaseException]]:
-    """One send of every pending op to its node; what did not land, and why."""
+    cluster: RedisCluster, stored: list[RedisOp], pending: list[tuple[int, str | None]]
+) -> tuple[list[tuple[int, str | None]], list[BaseException]]:
+    """One send of every pending op (an index into `stored`, and the node an ASK
+    named) to its node; what did not land, and why."""
     nodes = cluster.nodes_manager
-    groups: dict[_Route, tuple[ClusterNode | None, list[RedisOp]]] = {}
+    groups: dict[_Route, tuple[ClusterNode | None, list[int]]] = {}
     errors: list[BaseException] = []
-    retry: list[tuple[RedisOp, str | None]] = []
-    for op, ask in pending:
+    retry: list[tuple[int, str | None]] = []
+    for i, ask in pending:
         try:
-            node = nodes.get_node(node_name=ask) if ask else _master(cluster, op.key)
+            node = nodes.get_node(node_name=ask) if ask else _master(cluster, stored[i].key)
         except redis_errors.SlotNotCoveredError as exc:
-            retry.append((op, None))
+            retry.append((i, None))
             errors.append(exc)
             continue
         name = ask if ask else node.name if node else ""
-        groups.setdefault((name, ask is not None), (node, []))[1].append(op)
+        groups.setdefault((name, ask is not None), (node, []))[1].append(i)
     routes = list(groups.items())
     results = await asyncio.gather(
-        *(_send_node(node, group, asking) for (_, asking), (node, group) in routes),
+        *(
+            _send_node(node, [stored[i] for i in group], asking)
+            for (_, asking), (node, group) in routes
+        ),
         return_exceptions=True,
     )
-    for ((_, _asking), (_, group)), result in zip(routes, results, strict=True):
+    for (_, (_, group)), result in zip(routes, results, strict=True):
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
                 raise result  # CancelledError, KeyboardInterrupt: not ours to keep
-            retry += [(op, None) for op in group]
+            retry += [(i, None) for i in group]
             errors.append(result)
             continue
-        for op, refusal in result:
+        for position, refusal in result:
             errors.append(refusal)
             ask_node = (
                 f"{refusal.host}:{refusal.port}" if type(refusal) is redis_errors.AskError else None
             )
-            retry.append((op, ask_node))
+            retry.append((group[position], ask_node))
     return retry, errors
 
 
@@ -122,8 +132,9 @@ def _master(cluster: RedisCluster, key: str) -> ClusterNode:
 
 async def _send_node(
     node: ClusterNode | None, ops: list[RedisOp], asking: bool
-) -> list[tuple[RedisOp, redis_errors.ResponseError]]:
-    """Send `ops` to `node` in one round trip; the ops an error reply refused.
+) -> list[tuple[int, redis_errors.ResponseError]]:
+    """Send `ops` to `node` in one round trip; the positions of the ops an error
+    reply refused, with the first refusal of each.
 
     Raises ConnectionError/TimeoutError when the node fails mid-write (then
     any of `ops` may or may not have landed: all are resent).
@@ -146,7 +157,7 @@ async def _send_node(
     refused: dict[int, redis_errors.ResponseError] = {}
     for reply, exc in errors:
         refused.setdefault(owner[reply], exc)
-    return [(ops[i], exc) for i, exc in refused.items()]
+    return list(refused.items())
 
 
 async def _refresh(cluster: RedisCluster) -> None:

@@ -27,7 +27,7 @@ from streams.observe.alerts import Alert, AlertEngine
 from streams.observe.metrics import PipelineMetrics
 from streams.projections import RedisOp
 from streams.read.rebuild import Announce, RedisWatch
-from streams.redis_targets import RedisTargets
+from streams.redis_targets import Client, RedisTargets
 from streams.retry import until_done
 from streams.security import kafka_options, redis_options
 from streams.settings import Settings
@@ -93,8 +93,9 @@ def open_redis(settings: Settings) -> Redis:
 class Runtime:
     settings: Settings
     pool: asyncpg.Pool
-    redis: Redis
-    """The sessions family's master: stats, the data-loss marker, INFO for the alerts."""
+    redis: Client
+    """The sessions family's write client (a master, or a whole cluster): stats, the
+    data-loss marker, the latency sets the dashboard reads."""
     targets: RedisTargets
     """Every family's target; the write path sends each key to its own."""
     sessions_handler: SessionHandler

@@ -249,7 +249,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="About a minute: smaller sizes, 2 rates."),
     output: Path = typer.Option(Path("bench.json"), "--output", "-o", help="Where the JSON goes."),
     only: str = typer.Option(
-        "all", help="Comma-separated phases: throughput,freshness,memory,reads (or all)."
+        "all",
+        help="Comma-separated phases: throughput,freshness,memory,reads,sink (or all).",
     ),
     redis_db: int = typer.Option(
         5, help="First of the three Redis databases the run uses (emptied before and after)."

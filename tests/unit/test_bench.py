@@ -178,7 +178,7 @@ def test_a_partial_run_reports_unmeasured_targets_as_unknown() -> None:
     assert report["events_per_s"] is None
     assert all(t.met is None for t in check_targets(report))
     orjson.dumps(report)
-    assert len(tables(report)) == 5
+    assert len(tables(report)) == 6
     assert throughput_rows(report) == []
 
 
@@ -384,7 +384,7 @@ def test_urls_point_at_the_benchmark_database_and_redis_db() -> None:
 
 
 def test_phases_parse_in_run_order() -> None:
-    assert parse_phases("all") == ("throughput", "freshness", "memory", "reads")
+    assert parse_phases("all") == ("throughput", "freshness", "memory", "reads", "sink")
     assert parse_phases("reads, throughput") == ("throughput", "reads")
     with pytest.raises(ValueError):
         parse_phases("speed")
@@ -425,3 +425,27 @@ def test_data_sets_are_valid_events_that_each_create_their_key() -> None:
     assert len(sessions.keys()) == 6  # a session and a user state each
     assert len(ai.keys()) == 4 and len(ai.prompts) == 4
     assert len(voice.keys()) == 2 and len(voice.voices) == 2
+
+
+def test_the_sink_table_has_a_row_per_variant() -> None:
+    from streams.tools.bench.report import Results, build_report, sink_table
+    from streams.tools.bench.sink import SinkFigure
+
+    r = Results(mode="quick")
+    r.sink = [
+        SinkFigure("single", 10_000, 100_000.0, 1.0),
+        SinkFigure("cluster", 10_000, 50_000.0, 0.5),
+    ]
+    report = build_report(r)
+    assert [row["vs_single"] for row in report["sink"]] == [1.0, 0.5]
+    assert sink_table(report).row_count == 2
+
+
+def test_the_sink_workload_has_every_kind_of_op() -> None:
+    from streams.projections import HashWrite, SortedSetAdd, StringWrite
+    from streams.tools.bench.sink import BATCH_OPS, workload
+
+    batches = workload(2, "t")
+    assert [len(b) for b in batches] == [BATCH_OPS, BATCH_OPS]
+    kinds = {type(op) for op in batches[0]}
+    assert kinds == {HashWrite, StringWrite, SortedSetAdd}

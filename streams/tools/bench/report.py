@@ -20,6 +20,7 @@ from rich.table import Table
 from streams.tools.bench.freshness import Freshness
 from streams.tools.bench.memory import MemoryFigure
 from streams.tools.bench.reads import KINDS, ReadLevel
+from streams.tools.bench.sink import SinkFigure
 from streams.tools.bench.stats import finite, ratio
 from streams.tools.bench.throughput import Throughput
 
@@ -62,6 +63,8 @@ class Results:
     ai_entries: MemoryFigure | None = None
     voice_entries: MemoryFigure | None = None
     live_worker_peak_rss_mb: float | None = None
+    sink: list[SinkFigure] = field(default_factory=list)
+    """The Redis sink alone: one node, a cluster, redis-py's cluster pipeline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,15 @@ def build_report(r: Results) -> dict[str, Any]:
         "freshness": [
             {"rate": f.rate, "produced": f.produced, "unseen": f.unseen, **f.latency.as_dict()}
             for f in r.freshness
+        ],
+        "sink": [
+            {
+                "variant": f.variant,
+                "ops": f.ops,
+                "ops_per_s": _num(f.ops_per_s, 1),
+                "vs_single": _num(f.vs_single, 3),
+            }
+            for f in r.sink
         ],
         "reads": [
             {
@@ -493,4 +505,17 @@ def tables(report: dict[str, Any]) -> list[Table]:
         freshness_table(report),
         reads_table(report),
         memory_table(report),
+        sink_table(report),
     ]
+
+
+def sink_table(report: dict[str, Any]) -> Table:
+    """The Redis sink alone (streams/tools/bench/sink.py)."""
+    table = Table(title="Redis sink alone: batches of 1 000 ops (median of alternated rounds)")
+    for column in ("variant", "ops", "ops/s", "÷ single node"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in report.get("sink", []):
+        table.add_row(
+            row["variant"], f"{row['ops']:,}", _fmt(row["ops_per_s"]), _fmt(row["vs_single"])
+        )
+    return table

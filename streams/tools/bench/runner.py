@@ -34,6 +34,7 @@ from streams.tools.bench.live import LiveWorker
 from streams.tools.bench.memory import MemoryFigure, mean_key_bytes, used_memory
 from streams.tools.bench.reads import ReadTargets, run_reads
 from streams.tools.bench.report import Results, build_report
+from streams.tools.bench.sink import run_sink
 from streams.tools.bench.workload import (
     DataSet,
     Workload,
@@ -44,7 +45,7 @@ from streams.tools.bench.workload import (
 )
 
 Progress = Callable[[str], None]
-PHASES = ("throughput", "freshness", "memory", "reads")
+PHASES = ("throughput", "freshness", "memory", "reads", "sink")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class BenchConfig:
     think_s: float = 1.0
     voice_bytes: int = 100 * 1024
     timeout_s: float = 900.0
+    sink_batches: int = 20
+    sink_rounds: int = 5
 
 
 QUICK = BenchConfig(
@@ -77,6 +80,8 @@ QUICK = BenchConfig(
     voice_entries=100,
     concurrency=(30, 300, 3000),
     read_s=3.0,
+    sink_batches=10,
+    sink_rounds=3,
 )
 FULL = BenchConfig(
     mode="full",
@@ -150,6 +155,11 @@ class Bench:
             await self.throughput()
         if {"freshness", "memory", "reads"} & set(phases):
             await self.live(phases)
+        if "sink" in phases:
+            self.progress("Redis sink alone: one node, the cluster, redis-py's cluster pipeline")
+            self.results.sink = await run_sink(
+                self.base, self.redis_db, self.config.sink_batches, self.config.sink_rounds
+            )
         return build_report(self.results)
 
     # --- 1. throughput --------------------------------------------------------------

@@ -29,8 +29,9 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from schemas.keys import ClusterLayout, layout_key
+from schemas.keys import ClusterLayout
 from streams.projections import RedisOp
+from streams.redis_targets import stored_key
 from streams.sinks.resp import REPLIES, pack, read_replies
 
 _ROUNDS: Final = 4
@@ -64,7 +65,7 @@ async def write(cluster: RedisCluster, ops: list[RedisOp], layout: ClusterLayout
         return
     await cluster.initialize()  # once; a no-op afterwards
     stored = (
-        ops if layout == "hash" else [replace(op, key=layout_key(op.key, layout)) for op in ops]
+        ops if layout == "hash" else [replace(op, key=stored_key(op.key, layout)) for op in ops]
     )
     pending: list[tuple[int, str | None]] = [(i, None) for i in range(len(ops))]
     last: BaseException | None = None

@@ -11,6 +11,14 @@ Four checks, run concurrently, each within CHECK_TIMEOUT_S:
 - postgres, redis, kafka: a connection is made and the server answers; for
   Redis, every distinct family target (SPEC §8), each with a warning when
   its maxmemory-policy does not fit its family (`judge_policy`).
+- a Redis Cluster target (`check_cluster`): one line for the cluster, then
+  one per master, with its slot ranges, its replicas (synced or not) and its
+  maxmemory-policy, each read from that master itself. With
+  REDIS_CLUSTER_LAYOUT=design (SPEC §8's slot layout) the check FAILS when a
+  family's range is served by a master whose policy does not fit the family,
+  when a reshard moved part of a family's range to a master that is there for
+  another family (the line names the slots, as ranges), or when slots of a
+  range are served by no master (`judge_cluster`, pure).
 
 Exit status 0 when all pass; 1 otherwise, with one line per check saying why.
 It never retries and never migrates: a healthcheck must answer now, and must
@@ -21,14 +29,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
-from schemas.keys import format_utc
+from schemas.keys import DESIGN_SLOT_RANGES, KEY_FAMILIES, ClusterLayout, format_utc
+from schemas.slots import CLUSTER_SLOTS, SlotRange
+from streams.cluster_masters import (
+    ClusterMaster,
+    cluster_masters,
+    count,
+    format_ranges,
+    home_family,
+    overlap,
+    slot_ranges,
+)
 from streams.database import asyncpg_options
 from streams.observe import heartbeat
 from streams.observe.heartbeat import Heartbeat, child_worker_ids
@@ -189,12 +208,247 @@ def judge_policy(families: tuple[KeyFamily, ...], policy: str) -> str | None:
     return None
 
 
+# --- a Redis Cluster target: per master ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """One replica of a master, as that master's INFO replication lists it."""
+
+    name: str
+    """`host:port`."""
+    state: str
+    """The master's `slaveN:…state=…`: `online` once synced and streaming; `wait_bgsave`,
+    `send_bulk`… while syncing; `disconnected` when the slot map lists it but the
+    master does not."""
+    behind: int = 0
+    """Bytes of the replication stream it has not acknowledged (master_repl_offset − offset)."""
+    policy: str | None = None
+    """Its own maxmemory-policy (it keeps it when promoted); None when not read."""
+
+    @property
+    def synced(self) -> bool:
+        return self.state == "online"
+
+
+@dataclass(frozen=True, slots=True)
+class MasterView:
+    """One master of a cluster target for `rpcache check`."""
+
+    name: str
+    """`host:port`."""
+    slots: tuple[SlotRange, ...]
+    policy: str | None = None
+    """Its maxmemory-policy; None when it did not answer."""
+    replicas: tuple[ReplicaView, ...] = ()
+    error: str | None = None
+    """Why it did not answer."""
+    version: str = ""
+
+
+def _replica_text(replicas: Sequence[ReplicaView]) -> str:
+    if not replicas:
+        return "no replica"
+    parts = []
+    for r in replicas:
+        how = "synced" if r.synced else f"not synced ({r.state})"
+        parts.append(f"{r.name} {how}" + (f", {r.behind} bytes behind" if r.behind else ""))
+    return ("replica " if len(parts) == 1 else "replicas ") + "; ".join(parts)
+
+
+def _judge_master(
+    name: str, families: tuple[KeyFamily, ...], layout: ClusterLayout, master: MasterView
+) -> CheckResult:
+    """One master's line (`judge_cluster`); pure."""
+    line = f"{name}@{master.name}"
+    ranges = format_ranges(master.slots)
+    if master.error is not None or master.policy is None:
+        return CheckResult(
+            line, False, f"slots {ranges}: the master does not answer: {master.error or '?'}"
+        )
+    home = home_family(master.slots) if layout == "design" else None
+    where = f"slots {ranges}" + (f" ({home} range)" if home else "")
+    detail = f"{where}, maxmemory-policy {master.policy}, {_replica_text(master.replicas)}"
+    problems: list[str] = []
+    warnings: list[str] = []
+    if layout == "design":
+        for family in families:
+            part = overlap(master.slots, DESIGN_SLOT_RANGES[family])
+            if not part:
+                continue
+            if family != home:
+                many = count(part) != 1
+                problems.append(
+                    f"slot{'s' if many else ''} {format_ranges(part)} of the {family} range"
+                    f" ({DESIGN_SLOT_RANGES[family]}) {'are' if many else 'is'} on this {home}"
+                    f" master: a reshard moved {count(part)} slot{'s' if many else ''} of"
+                    f" {family} keys to a master of another family; move"
+                    f" {'them' if many else 'it'} back to the {family} master"
+                )
+            elif why := judge_policy((family,), master.policy):
+                problems.append(f"it serves the {family} range, and {why}")
+    elif why := judge_policy(families, master.policy):
+        warnings.append(why)
+    if not master.replicas:
+        warnings.append("no replica: a crash of this master loses its slots until rebuilt")
+    for replica in master.replicas:
+        if not replica.synced:
+            warnings.append(f"replica {replica.name} is not synced ({replica.state})")
+        if replica.policy is not None and replica.policy != master.policy:
+            warnings.append(
+                f"replica {replica.name} has maxmemory-policy {replica.policy}: promoted, it"
+                " would evict by it"
+            )
+    if problems:
+        return CheckResult(line, False, f"{detail}; " + "; ".join(problems + warnings))
+    if warnings:
+        return CheckResult(line, True, f"{detail}; " + "; ".join(warnings), warn=True)
+    return CheckResult(line, True, detail)
+
+
+def judge_cluster(
+    name: str,
+    families: tuple[KeyFamily, ...],
+    layout: ClusterLayout,
+    masters: Sequence[MasterView],
+) -> list[CheckResult]:
+    """The lines of a cluster target's masters, then one for slots no master serves
+    (if any); pure.
+
+    `name`: the target's check name (`redis`, `redis:sessions+ai+voice`); a
+    master's line is `<name>@host:port`. Every layout: a master that did not
+    answer FAILS. `hash`: a policy that does not fit the target's families
+    (`judge_policy`, as for one Redis) is a warning; slots of 0–16383 served
+    by no master FAIL. `design` (SPEC §8): each master is there for the family
+    whose design range holds most of its slots (`home_family`); for every
+    family the target serves, a master serving part of that family's range
+    FAILS when it is there for another family (a reshard moved those slots:
+    they are named as ranges) or when its policy does not fit the family
+    (`judge_policy((family,), …)`); slots of a served family's range served by
+    no master FAIL. Warnings (status ok): a master without replica, a replica
+    not synced, a replica whose policy differs from its master's.
+    """
+    results = [_judge_master(name, families, layout, m) for m in masters]
+    served = [r for m in masters for r in m.slots]
+    wanted = (
+        [DESIGN_SLOT_RANGES[f] for f in KEY_FAMILIES if f in families]
+        if layout == "design"
+        else [SlotRange(0, CLUSTER_SLOTS - 1)]
+    )
+    missing: list[str] = []
+    for whole in wanted:
+        covered = {s for r in overlap(served, whole) for s in range(r.lo, r.hi + 1)}
+        gaps = slot_ranges(s for s in range(whole.lo, whole.hi + 1) if s not in covered)
+        if gaps:
+            family = next((f for f, r in DESIGN_SLOT_RANGES.items() if r == whole), None)
+            of = f" of the {family} range" if layout == "design" and family else ""
+            missing.append(f"slots {format_ranges(gaps)}{of} are served by no master")
+    if missing:
+        results.append(CheckResult(f"{name}:slots", False, "; ".join(missing)))
+    return results
+
+
+def _replicas_of(info: Mapping[str, Any], master: ClusterMaster) -> list[ReplicaView]:
+    """The replicas a master's INFO (replication section) lists, with any the slot
+    map lists that it does not (`disconnected`)."""
+    offset = int(info.get("master_repl_offset", 0) or 0)
+    views: dict[str, ReplicaView] = {}
+    for key, value in info.items():
+        if key.startswith("slave") and key[5:].isdigit() and isinstance(value, Mapping):
+            replica = f"{value.get('ip', '?')}:{value.get('port', '?')}"
+            behind = max(0, offset - int(value.get("offset", 0) or 0))
+            views[replica] = ReplicaView(replica, str(value.get("state", "?")), behind)
+    for listed in master.slots.replicas:
+        views.setdefault(listed, ReplicaView(listed, "disconnected"))
+    return sorted(views.values(), key=lambda r: r.name)
+
+
+async def master_view(cluster: RedisCluster, master: ClusterMaster) -> MasterView:
+    """One master's slots, policy, version and replicas (and each replica's policy),
+    asked of each node alone (`target_nodes`: no redirect, no retry). A master
+    that fails is a view with `error`; a replica whose policy cannot be read has
+    `policy` None. Raises nothing for a Redis failure; the caller bounds the time."""
+    try:
+        info = await cluster.info(target_nodes=master.node)
+    except Exception as exc:
+        return MasterView(master.name, master.slots.slots, error=_why(exc))
+    replicas = _replicas_of(info, master)
+    nodes = {n.name: n for n in master.replica_nodes}
+
+    async def policy(replica: ReplicaView) -> ReplicaView:
+        node = nodes.get(replica.name)
+        if node is None:
+            return replica
+        try:
+            found = await cluster.config_get("maxmemory-policy", target_nodes=node)
+        except Exception:  # a replica that does not answer: its state says enough
+            return replica
+        found_policy = str(found.get("maxmemory-policy", "?"))
+        return ReplicaView(replica.name, replica.state, replica.behind, found_policy)
+
+    return MasterView(
+        master.name,
+        master.slots.slots,
+        str(info.get("maxmemory_policy", "?")),
+        tuple(await asyncio.gather(*(policy(r) for r in replicas))),
+        version=str(info.get("redis_version", "")),
+    )
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    kind, text = type(exc).__name__, str(exc)
+    return text if text.startswith(kind) else f"{kind}: {text}"
+
+
+async def check_cluster(
+    name: str,
+    families: tuple[KeyFamily, ...],
+    cluster: RedisCluster,
+    where: str,
+    layout: ClusterLayout,
+    timeout_s: float,
+) -> list[CheckResult]:
+    """A cluster target's lines: the cluster (its slot map read, within `timeout_s`),
+    then every master (`master_view`, concurrently, within the same `timeout_s`:
+    one that has not answered by then FAILS alone), judged by `judge_cluster`."""
+    started = time.monotonic()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            masters = await cluster_masters(cluster)
+    except Exception as exc:
+        return [CheckResult(name, False, f"Redis {where}: {_why(exc)}")]
+
+    async def bounded(master: ClusterMaster) -> MasterView:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await master_view(cluster, master)
+        except TimeoutError:
+            return MasterView(
+                master.name, master.slots.slots, error=f"no answer within {timeout_s:g} s"
+            )
+
+    views = list(await asyncio.gather(*(bounded(m) for m in masters)))
+    version = next((v.version for v in views if v.version), "?")
+    replicas = sum(len(v.replicas) for v in views)
+    head = CheckResult(
+        name,
+        True,
+        f"Redis {version} {where}: {len(views)} master{'s' if len(views) != 1 else ''},"
+        f" {replicas} replica{'s' if replicas != 1 else ''}, layout {layout}"
+        f" ({(time.monotonic() - started) * 1000:.0f} ms)",
+    )
+    return [head, *judge_cluster(name, families, layout, views)]
+
+
 async def check_redis_targets(settings: Settings) -> list[CheckResult]:
     """PING every distinct Redis target (SPEC §8) and judge its eviction policy.
 
     One line per target, named `redis` when every family shares REDIS_URL and
     `redis:<families>` otherwise. A policy that does not fit is a warning
     (`warn`, exit status unchanged): the cache still works, it evicts wrongly.
+    A cluster target is a line for the cluster and one per master
+    (`check_cluster`), whose design-layout faults FAIL.
     """
     targets = RedisTargets.from_settings(
         settings,
@@ -203,8 +457,11 @@ async def check_redis_targets(settings: Settings) -> list[CheckResult]:
     )
     distinct = targets.distinct()
 
-    async def one(families: tuple[KeyFamily, ...], client: Redis) -> CheckResult:
-        name = "redis" if len(distinct) == 1 else f"redis:{'+'.join(families)}"
+    def name_of(families: tuple[KeyFamily, ...]) -> str:
+        return "redis" if len(distinct) == 1 else f"redis:{'+'.join(families)}"
+
+    async def one(families: tuple[KeyFamily, ...], client: Redis) -> list[CheckResult]:
+        name = name_of(families)
         where = targets.targets[families[0]].describe()
         policy: list[str] = []
 
@@ -220,11 +477,26 @@ async def check_redis_targets(settings: Settings) -> list[CheckResult]:
 
         result = await _timed(name, settings.check_timeout_s, probe)
         if result.ok and policy and (why := judge_policy(families, policy[0])):
-            return CheckResult(name, True, f"{result.detail}; {why}", warn=True)
-        return result
+            return [CheckResult(name, True, f"{result.detail}; {why}", warn=True)]
+        return [result]
+
+    async def each(
+        families: tuple[KeyFamily, ...], client: Redis | RedisCluster
+    ) -> list[CheckResult]:
+        if isinstance(client, RedisCluster):
+            return await check_cluster(
+                name_of(families),
+                families,
+                client,
+                targets.targets[families[0]].describe(),
+                targets.layouts[families[0]],
+                settings.check_timeout_s,
+            )
+        return await one(families, client)
 
     try:
-        return list(await asyncio.gather(*(one(f, c) for f, c in distinct)))
+        found = await asyncio.gather(*(each(f, c) for f, c in distinct))
+        return [result for lines in found for result in lines]
     finally:
         await targets.aclose()
 

@@ -273,7 +273,8 @@ class TargetFigures:
 
     target: str
     """Its families joined by `+` (`streams.redis_targets.target_label`): `voice`,
-    `sessions+ai+voice`."""
+    `sessions+ai+voice`; for one master of a cluster target, that and `@host:port`
+    (`streams.observe.redis_info.master_label`)."""
     figures: RedisFigures | None
     """None when it did not answer in time."""
     error: str | None = None
@@ -316,7 +317,8 @@ class Snapshot:
     lag: dict[tuple[str, int], int] | None = None
     """(topic, partition) → messages after the last one stored in PostgreSQL."""
     redis: list[TargetFigures] = field(default_factory=list)
-    """Every distinct Redis target, in family order; a target down has no figures."""
+    """Every distinct Redis target, in family order (a cluster: every master, in slot
+    order); a target down has no figures."""
     alerts: list[AlertFigure] | None = None
     sources_up: dict[str, bool] = field(default_factory=dict)
     """postgres, redis, kafka → whether this snapshot could read them."""

@@ -2,7 +2,8 @@
 
 `Monitor.refresh` reads PostgreSQL (today's counters, open sessions, alert
 state and history, consumed positions, heartbeats), Redis (INFO of every
-distinct target of SPEC §8, `streams.observe.redis_info`; the latency sorted
+distinct target of SPEC §8, every master of a cluster target,
+`streams.observe.redis_info`; the latency sorted
 sets on the session target) and Kafka (end offsets of the source partitions)
 concurrently, each within REFRESH_TIMEOUT_S, and keeps the result for
 MIN_INTERVAL_S so that a dashboard left open in ten tabs costs one read per

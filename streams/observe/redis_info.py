@@ -9,6 +9,16 @@ reported down (`TargetFigures.figures` None, with why) and the others are
 reported as usual, so a dead voice master hides nothing about the session
 target. Nothing here raises for a Redis failure.
 
+A Redis Cluster target (SPEC §8, issue 14 "everything reads per master") is
+one row per master, labelled `<families>@host:port` (`master_label`): each
+master's own INFO (memory, clients, evictions, policy, and its keys from INFO
+keyspace `db0`, what DBSIZE on that master answers). redis-py's cluster
+`info()` / `dbsize()` would ask one node only, so each master is asked by name
+(`target_nodes`), concurrently. The masters are those of the client's slot
+map, read again at each call (`streams.cluster_masters`); a master that does
+not answer is a down row of its own, so the fullest master, not an average
+or one node picked at random, is what the alerts and the dashboard see.
+
 `worst` is the one place the alerts' Redis figures are computed (the fullest
 target's used/maxmemory, the busiest target's clients); the dashboard shows
 the same function's result on its Redis card, so the page and the alerts
@@ -22,10 +32,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
+from streams.cluster_masters import ClusterMaster, cluster_masters
 from streams.observe.metrics import RedisFigures, RedisWorst, TargetFigures
-from streams.redis_targets import RedisTargets, target_label
+from streams.redis_targets import Client, RedisTargets, target_label
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,13 @@ def parse_info(info: Mapping[str, Any], db: int, node: str) -> RedisFigures:
     )
 
 
+def error_text(exc: BaseException) -> str:
+    """Why a target is down: the exception's repr (`TimeoutError()`), or `Type: message`
+    when the repr leaves the message out (some redis-py exceptions' do)."""
+    text = repr(exc)
+    return text if str(exc) in text else f"{type(exc).__name__}: {exc}"
+
+
 def node_address(connection: object) -> str:
     """`host:port` of a redis-py connection (`unix:<path>` for a socket, `?` when unknown)."""
     host, port = getattr(connection, "host", None), getattr(connection, "port", None)
@@ -77,27 +95,76 @@ async def read_target(target: str, client: Redis, timeout_s: float) -> TargetFig
         return TargetFigures(target, parse_info(info, db, node_address(connection)))
     except Exception as exc:
         log.warning("Redis INFO of target %s failed: %r", target, exc)
-        return TargetFigures(target, None, repr(exc))
+        return TargetFigures(target, None, error_text(exc))
     finally:
         await one.aclose()
+
+
+def master_label(target: str, node: str) -> str:
+    """The row of one master of a cluster target: `sessions+ai+voice@127.0.0.1:6401`."""
+    return f"{target}@{node}"
+
+
+async def read_master(target: str, cluster: RedisCluster, master: ClusterMaster) -> TargetFigures:
+    """INFO of one master of a cluster, asked of that node alone (no redirect, no
+    retry: `target_nodes`); a failure is returned as that master down, never raised.
+    The caller bounds the time."""
+    label = master_label(target, master.name)
+    try:
+        info = await cluster.info(target_nodes=master.node)
+        return TargetFigures(label, parse_info(info, 0, master.name))
+    except Exception as exc:
+        log.warning("Redis INFO of cluster master %s failed: %r", label, exc)
+        return TargetFigures(label, None, error_text(exc))
+
+
+async def read_cluster(target: str, cluster: RedisCluster, timeout_s: float) -> list[TargetFigures]:
+    """One row per master of a cluster target, in slot order, all within `timeout_s`
+    (the slot map's refresh, then every master concurrently): a master that has not
+    answered by then is down. When not even a slot map can be had, one row for the
+    whole target, down. Never raises for a Redis failure."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            masters = await cluster_masters(cluster)
+    except Exception as exc:
+        log.warning("Redis cluster target %s: no slot map: %r", target, exc)
+        return [TargetFigures(target, None, error_text(exc))]
+
+    async def one(master: ClusterMaster) -> TargetFigures:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await read_master(target, cluster, master)
+        except TimeoutError as exc:
+            log.warning("Redis INFO of cluster master %s timed out", master.name)
+            return TargetFigures(master_label(target, master.name), None, error_text(exc))
+
+    return list(await asyncio.gather(*(one(m) for m in masters)))
+
+
+async def _read_one(target: str, client: Client, timeout_s: float) -> list[TargetFigures]:
+    if isinstance(client, RedisCluster):
+        return await read_cluster(target, client, timeout_s)
+    return [await read_target(target, client, timeout_s)]
 
 
 async def read_targets(
     targets: RedisTargets, timeout_s: float = INFO_TIMEOUT_S
 ) -> list[TargetFigures]:
-    """Every distinct target's figures, concurrently, in family order (SPEC §8).
+    """Every distinct target's figures, concurrently, in family order (SPEC §8); a
+    cluster target as one row per master, in slot order (`read_cluster`).
 
-    Labels are `target_label` of the families a target serves. Takes at most
-    about `timeout_s`; never raises for a Redis failure.
+    Labels are `target_label` of the families a target serves, and
+    `<that>@host:port` for a cluster's master. Takes at most about `timeout_s`;
+    never raises for a Redis failure.
     """
-    return list(
-        await asyncio.gather(
-            *(
-                read_target(target_label(families), client, timeout_s)
-                for families, client in targets.distinct()
-            )
+    rows = await asyncio.gather(
+        *(
+            _read_one(target_label(families), client, timeout_s)
+            for families, client in targets.distinct()
         )
     )
+    return [row for target_rows in rows for row in target_rows]
 
 
 def worst(targets: Iterable[TargetFigures]) -> RedisWorst:
@@ -105,7 +172,8 @@ def worst(targets: Iterable[TargetFigures]) -> RedisWorst:
 
     The highest used/maxmemory (targets without a maxmemory have no ratio) and
     the most connected clients, each with its target: one full voice master is
-    as critical as one full shared Redis. A target down is left out (the
+    as critical as one full shared Redis, and one full master of a cluster as a
+    full cluster (each master has its own maxmemory). A target down is left out (the
     connection-failure rule and `rpcache_redis_up` speak for it); the first
     target wins a tie.
     """

@@ -170,23 +170,42 @@ _BULK: dict[str, _Bulk[Any]] = {
 }
 
 
+KeyFilter = Callable[[str], bool]
+"""Which SPEC §4 keys to keep (True: keep); e.g. the automatic rebuild of one master
+of a cluster keeps the keys stored in that master's slots (streams/read/rebuild.py)."""
+
+
 async def kind_chunks(
-    pool: asyncpg.Pool, settings: Settings, kind: str, since: datetime | None, now: datetime
+    pool: asyncpg.Pool,
+    settings: Settings,
+    kind: str,
+    since: datetime | None,
+    now: datetime,
+    keep: KeyFilter | None = None,
 ) -> AsyncIterator[Chunk]:
-    """Every key of `kind` PostgreSQL can recompute, most used first for caches."""
+    """Every key of `kind` PostgreSQL can recompute, most used first for caches.
+
+    With `keep`, only the keys it accepts (SPEC §4 keys) are in the chunks and
+    in their expired counts; the order is unchanged, so a filtered rebuild is
+    still popular first. A chunk is built from up to CHUNK rows, so a filtered
+    one may hold fewer ops (or none).
+    """
     bulk = _BULK[kind]
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         rows: list[Any] = []
         async for row in bulk.rows(conn, since, now):
             rows.append(row)
             if len(rows) == CHUNK:
-                yield _split(kind, await bulk.ops(conn, settings, rows, now))
+                yield _split(kind, await bulk.ops(conn, settings, rows, now), keep)
                 rows = []
         if rows:
-            yield _split(kind, await bulk.ops(conn, settings, rows, now))
+            yield _split(kind, await bulk.ops(conn, settings, rows, now), keep)
 
 
-def _split(kind: str, ops: list[RedisOp]) -> Chunk:
-    """The ops to write, and how many keys are expired (not recreated)."""
+def _split(kind: str, ops: list[RedisOp], keep: KeyFilter | None = None) -> Chunk:
+    """The ops to write, and how many keys are expired (not recreated); only the keys
+    `keep` accepts, when given."""
+    if keep is not None:
+        ops = [op for op in ops if keep(op.key)]
     live: list[RedisOp] = [op for op in ops if not isinstance(op, Delete)]
     return Chunk(kind, live, len(ops) - len(live))

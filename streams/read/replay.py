@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from streams.read.recompute import CHUNK, KEY_KINDS, kind_chunks
+from streams.read.recompute import CHUNK, KEY_KINDS, KeyFilter, kind_chunks
 from streams.redis_targets import KEY_FAMILIES, REPLAY_KINDS, RedisTargets, as_targets
 from streams.retry import until_done
 from streams.settings import Settings
@@ -108,11 +108,16 @@ async def replay(
     since: datetime | None = None,
     rate: float | None = None,
     show_progress: bool | None = None,
+    keep: KeyFilter | None = None,
 ) -> ReplaySummary:
-    """Write every live key of `kinds` to Redis; `rate` caps keys per second.
+    """Write every live key of `kinds` to Redis; `rate` caps keys per second (keys
+    written).
 
     `redis`: the targets of every key family (SPEC §8; each key goes to its
-    family's), or one client for all of them.
+    family's), or one client for all of them. `keep`: only the SPEC §4 keys it
+    accepts are written and counted (the automatic rebuild of one master of a
+    cluster: the keys whose stored key hashes to that master's slots); the
+    others are read from PostgreSQL and skipped.
     """
     targets = as_targets(redis)
     summary = ReplaySummary()
@@ -123,7 +128,7 @@ async def replay(
         for kind in kinds:
             task = progress.add_task(kind, total=None)
             now = datetime.now(UTC)
-            async for chunk in kind_chunks(pool, settings, kind, since, now):
+            async for chunk in kind_chunks(pool, settings, kind, since, now, keep):
                 for start in range(0, len(chunk.ops), _step(rate)):
                     ops = chunk.ops[start : start + _step(rate)]
                     if limiter is not None:

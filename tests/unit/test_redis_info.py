@@ -270,3 +270,104 @@ def test_metrics_per_target_and_a_target_down() -> None:
     assert [n for n, labels in got if ("target", "voice") in labels] == ["rpcache_redis_up"]
     assert g("rpcache_source_up", source="redis") == 0
     assert not math.isnan(g("rpcache_redis_up", target="voice") or 0.0)
+
+
+# --- a cluster target: one row per master ----------------------------------------------------
+def _cluster() -> Any:
+    from schemas.keys import DESIGN_SLOT_RANGES as D
+    from tests.unit.test_cluster_masters import FakeCluster
+
+    return FakeCluster(
+        ("127.0.0.1:6401", [D["sessions"]], ("127.0.0.1:6404",)),
+        ("127.0.0.1:6402", [D["ai"]], ("127.0.0.1:6405",)),
+        ("127.0.0.1:6403", [D["voice"]], ("127.0.0.1:6406",)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("replies", "rows"),
+    [
+        (  # every master answers: its own figures, in slot order
+            {
+                "127.0.0.1:6401": {"used_memory": 5, "maxmemory": 100, "connected_clients": 3, "maxmemory_policy": "volatile-ttl", "role": "master", "db0": {"keys": 40}},
+                "127.0.0.1:6402": {"used_memory": 90, "maxmemory": 100, "connected_clients": 1, "evicted_keys": 7, "maxmemory_policy": "allkeys-lru", "role": "master", "db0": {"keys": 12}},
+                "127.0.0.1:6403": {"used_memory": 1, "maxmemory": 100, "connected_clients": 9, "maxmemory_policy": "allkeys-lfu", "role": "master"},
+            },
+            [
+                ("sessions+ai+voice@127.0.0.1:6401", RedisFigures(5, 100, 3, 0, 40, "volatile-ttl", "127.0.0.1:6401", "master")),
+                ("sessions+ai+voice@127.0.0.1:6402", RedisFigures(90, 100, 1, 7, 12, "allkeys-lru", "127.0.0.1:6402", "master")),
+                ("sessions+ai+voice@127.0.0.1:6403", RedisFigures(1, 100, 9, 0, 0, "allkeys-lfu", "127.0.0.1:6403", "master")),
+            ],
+        ),
+        (  # one master refuses: a down row of its own, the others as usual
+            {"127.0.0.1:6402": ConnectionError("Error 111 connecting to 127.0.0.1:6402.")},
+            [
+                ("sessions+ai+voice@127.0.0.1:6401", True),
+                ("sessions+ai+voice@127.0.0.1:6402", "Error 111"),
+                ("sessions+ai+voice@127.0.0.1:6403", True),
+            ],
+        ),
+        (  # one master hangs: down after the budget, the others answered
+            {"127.0.0.1:6403": 5.0},
+            [
+                ("sessions+ai+voice@127.0.0.1:6401", True),
+                ("sessions+ai+voice@127.0.0.1:6402", True),
+                ("sessions+ai+voice@127.0.0.1:6403", "TimeoutError()"),
+            ],
+        ),
+    ],
+)  # fmt: skip
+async def test_a_cluster_target_is_one_row_per_master(
+    monkeypatch: pytest.MonkeyPatch, replies: dict[str, Any], rows: list[tuple[str, Any]]
+) -> None:
+    from streams.observe import redis_info
+
+    cluster = _cluster()
+    monkeypatch.setattr(redis_info, "RedisCluster", type(cluster))
+    for node, reply in replies.items():
+        if isinstance(reply, float):
+            cluster.delays[node] = reply
+        elif isinstance(reply, dict):
+            cluster.infos[node] = reply
+        else:
+            cluster.infos[node] = reply
+    started = asyncio.get_running_loop().time()
+    got = await read_targets(targets_of(dict.fromkeys(("sessions", "ai", "voice"), cluster)), 0.3)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert [t.target for t in got] == [name for name, _ in rows]
+    for row, (_, want) in zip(got, rows, strict=True):
+        if isinstance(want, RedisFigures):
+            assert row.figures == want
+        elif want is True:
+            assert row.up
+        else:
+            assert not row.up and row.error is not None and want in row.error
+
+
+async def test_a_cluster_without_a_slot_map_is_one_row_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.observe import redis_info
+
+    cluster = _cluster()
+    cluster.nodes_manager.slots_cache = {}
+    monkeypatch.setattr(redis_info, "RedisCluster", type(cluster))
+    got = await read_targets(
+        targets_of({"sessions": FakeRedis(6391), "ai": cluster, "voice": cluster}), 0.3
+    )
+    assert [(t.target, t.up) for t in got] == [("sessions", True), ("ai+voice", False)]
+    assert got[1].error is not None and "no slot map" in got[1].error
+
+
+def test_worst_and_the_dashboard_cover_every_master() -> None:
+    rows = [
+        TargetFigures("sessions+ai+voice@127.0.0.1:6401", RedisFigures(10, 100, 3, 0)),
+        TargetFigures("sessions+ai+voice@127.0.0.1:6402", RedisFigures(95, 100, 1, 0)),
+        TargetFigures("sessions+ai+voice@127.0.0.1:6403", None, "TimeoutError()"),
+    ]
+    assert worst(rows) == RedisWorst(
+        0.95, "sessions+ai+voice@127.0.0.1:6402", 3, "sessions+ai+voice@127.0.0.1:6401"
+    )
+    got = redis_json(rows)
+    assert [r["target"] for r in got["targets"]] == [r.target for r in rows]
+    assert got["down"] == ["sessions+ai+voice@127.0.0.1:6403"]

@@ -35,7 +35,7 @@ is used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -89,6 +89,13 @@ def target_label(families: Sequence[KeyFamily]) -> str:
     by `+`, in family order (`voice`, `sessions+ai+voice` when one Redis serves all),
     as `RedisTargets.distinct()` lists them and the reader names its breakers."""
     return "+".join(families)
+
+
+def master_label(label: str, address: str) -> str:
+    """One master of a cluster target: the target's name, `@`, the master's `host:port`
+    (`sessions+ai+voice@127.0.0.1:6401`), as the Redis figures name its row and the
+    reader its circuit breaker."""
+    return f"{label}@{address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,8 +351,16 @@ class RedisTargets:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> RedisTargets:
-        """Clients for every family; `kwargs` go to each client (timeouts, decoding)."""
+    def from_settings(
+        cls,
+        settings: Settings,
+        cluster_options: Mapping[str, Any] | None = None,
+        /,
+        **kwargs: Any,
+    ) -> RedisTargets:
+        """Clients for every family; `kwargs` go to each client (timeouts, decoding),
+        `cluster_options` to a cluster target's `RedisCluster` only (e.g.
+        `require_full_coverage`, which a single node's client would refuse)."""
         by_url: dict[str, tuple[Target, Client, Redis | None]] = {}
         targets: dict[KeyFamily, Target] = {}
         masters: dict[KeyFamily, Client] = {}
@@ -355,7 +370,11 @@ class RedisTargets:
             if url not in by_url:
                 target = parse_target(url)
                 by_url[url] = (
-                    (target, cluster_client(target, settings, **kwargs), None)
+                    (
+                        target,
+                        cluster_client(target, settings, **kwargs, **(cluster_options or {})),
+                        None,
+                    )
                     if target.is_cluster
                     else (
                         target,

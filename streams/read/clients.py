@@ -4,7 +4,8 @@ failures are Redis's fault.
 The clients fail fast: no retry loop (it would spend the read's budget on a
 server that is already known to be failing), no health-check round trip, and
 socket timeouts past the reader's own deadline (`streams.read.budget`), as a
-backstop only.
+backstop only. A cluster target has two `RedisCluster` clients: the target's
+(masters) and `cluster_replica` (replicas only).
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import ReplicaNotFoundError, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.cluster import LoadBalancingStrategy
 
 from streams.read.budget import OVERLOAD_GRACE_S
-from streams.redis_targets import Target
+from streams.redis_targets import Client, Target, cluster_client
+from streams.settings import Settings
 
 V = TypeVar("V")
 
-Fetch = Callable[[Redis, str], Awaitable[V | None]]
-"""One read of one key from one node: the value, or None when the key is absent."""
+Fetch = Callable[[Client, str], Awaitable[V | None]]
+"""One read of one key: the value, or None when the key is absent. The client is one
+node's (`Redis`) or a cluster's (`RedisCluster`, which sends it to its slot's node)."""
 
 REDIS_FAILED: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,  # refused, reset, no master/replica known, LOADING, auth
@@ -33,6 +37,8 @@ REDIS_FAILED: tuple[type[BaseException], ...] = (
     redis_errors.ReadOnlyError,  # READONLY: a demoted master
     redis_errors.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN (a replica cut off, serving no data)
     redis_errors.TryAgainError,
+    # No node of a cluster answers, or none serves the key's slot (SlotNotCoveredError).
+    redis_errors.RedisClusterException,
     TimeoutError,  # the reader's budget, run out while the loop was on time
     OSError,
 )
@@ -64,6 +70,13 @@ def client_options(budget_s: float, client_name: str | None = None) -> dict[str,
     if client_name:
         options["client_name"] = client_name
     return options
+
+
+CLUSTER_OPTIONS: dict[str, Any] = {"require_full_coverage": False}
+"""redis-py options of the reader's `RedisCluster` clients, beside `client_options`:
+a slot map with a shard missing (no master, no replica) is still used for the
+others' slots, as `cluster-require-full-coverage no` has the cluster serve them
+(redis-py's default refuses the whole map)."""
 
 
 def redis_client(
@@ -110,13 +123,30 @@ def sentinel_replica(master: Redis, target: Target) -> Redis:
     return client
 
 
-async def fetch_hash(redis: Redis, key: str) -> dict[str, str] | None:
+def cluster_replica(
+    target: Target, settings: Settings, budget_s: float, client_name: str | None = None
+) -> RedisCluster:
+    """A `RedisCluster` on `target`'s seeds that sends every read to a replica of the
+    key's master (round robin among them: `LoadBalancingStrategy.ROUND_ROBIN_REPLICAS`;
+    its connections to replicas open with READONLY), with the options of the
+    reader's other clients. It reads the master only for a slot without replicas,
+    which the reader checks first (`SlotMap.replicated`). No I/O here."""
+    return cluster_client(
+        target,
+        settings,
+        **client_options(budget_s, client_name),
+        **CLUSTER_OPTIONS,
+        load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS,
+    )
+
+
+async def fetch_hash(redis: Client, key: str) -> dict[str, str] | None:
     """HGETALL; an absent key is an empty hash in Redis and None here."""
     fields = await redis.hgetall(key)
     return {_text(k): _text(v) for k, v in fields.items()} or None
 
 
-async def fetch_string(redis: Redis, key: str) -> str | None:
+async def fetch_string(redis: Client, key: str) -> str | None:
     value = await redis.get(key)
     return None if value is None else _text(value)
 

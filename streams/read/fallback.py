@@ -24,7 +24,6 @@ from typing import TypeVar
 
 import asyncpg
 import redis.exceptions as redis_errors
-from redis.asyncio import Redis
 
 from streams.database import pool_options
 from streams.errors import RpcacheError
@@ -116,7 +115,7 @@ class PostgresFallback:
             self._counts.misses += 1
             return ReadResult(None, "miss", target.name)
         self._counts.read_throughs += 1
-        await self._write_back(target.master, op)
+        await self._write_back(target, op)
         return ReadResult(value, "postgres", target.name)
 
     async def _recompute(self, pg: Recompute) -> RedisOp:
@@ -131,9 +130,11 @@ class PostgresFallback:
             waiting = "" if acquired else " (no connection of the reader's pool within the time)"
             raise CacheUnavailableError(f"PostgreSQL could not answer: {exc!r}{waiting}") from exc
 
-    async def _write_back(self, master: Redis, op: RedisOp) -> None:
-        """Write `op` to the family's master (never a replica); a failure only costs
-        the cache.
+    async def _write_back(self, target: ReadTarget, op: RedisOp) -> None:
+        """Write `op` to the family's master (never a replica), as the worker's sink
+        writes it (`sinks.redis.write_target`: on a cluster, to the master of the
+        stored key's slot, in the target's key layout); a failure only costs the
+        cache.
 
         Awaited, within the read budget, so that when a read returns its entry
         is back in Redis: one more round trip on a read that already paid a
@@ -141,7 +142,7 @@ class PostgresFallback:
         """
         try:
             async with asyncio.timeout(self._budget_s):
-                await redis_sink.write(master, [op])
+                await redis_sink.write_target(target.master, [op], target.layout)
         except _WRITE_FAILED as exc:
             self._counts.write_back_errors += 1
             log.warning("read-through write-back failed: %r", exc)

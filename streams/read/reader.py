@@ -9,7 +9,8 @@ service can log and measure it.
         hit = await reader.get_ai_response(prompt)
         if hit.value is not None:
             reply = hit.value["response"]  # hit.source: "redis" or "postgres"
-            # hit.target: "ai" (the family's target), hit.node: "master" or "replica"
+            # hit.target: "ai" (the family's target), hit.node: "master" or "replica",
+            # hit.shard: on a cluster target, the master (host:port) whose slots hold it
 
 One reader per process: it holds the Redis clients, a small PostgreSQL pool, a
 circuit breaker and a queue per Redis target, whose state only means something
@@ -20,19 +21,25 @@ How a read goes
 1. The key's family (`streams.redis_targets.key_family`) picks its target,
    SPEC §8: REDIS_SESSIONS_URL (sessions, user state), REDIS_AI_URL or
    REDIS_VOICE_URL, each REDIS_URL when unset. Families whose URLs are equal
-   share one target: its clients, breaker and queue (the default is one
+   share one target: its clients, breakers and queue (the default is one
    target, as before per-family targets existed). A target is named after its
-   families, `sessions`, `ai`, `voice` or e.g. `sessions+ai+voice`.
+   families, `sessions`, `ai`, `voice` or e.g. `sessions+ai+voice`. On a
+   cluster target the key is read at the key stored for it
+   (`RedisTargets.key`: tagged in the design layout), and its slot picks the
+   shard (below, "Cluster targets").
 2. The read takes one of the target's `max_in_flight` slots (MAX_IN_FLIGHT),
    waiting its turn when all are taken (below, "What is Redis's fault").
 3. The node: the replica or the master (below, "Replicas"), within a budget
    of READ_TIMEOUT_MS for the round trip. The clients make no retries: a retry
    loop would spend the budget on a server that is already known to be failing.
-4. Redis answered with the entry → source "redis", `node` "master" or "replica".
+4. Redis answered with the entry → source "redis", `node` "master" or "replica"
+   (and on a cluster `shard`, the master's `host:port`).
 5. Redis answered "absent" → PostgreSQL recomputes what the key should hold
    (`streams.read.recompute`, the worker's own projections). An entry still inside
    its TTL is returned (source "postgres") and written back to the family's
-   master with its remaining TTL (read-through); a missing or expired entry is a
+   master with its remaining TTL (read-through, through the worker's sink:
+   `sinks.redis.write_target`, so on a cluster to the master of the stored
+   key's slot, in the target's layout); a missing or expired entry is a
    miss everywhere (source "miss") and nothing is written.
 6. Redis failed or timed out, or the target's breaker is open → PostgreSQL
    answers the same way, without a write-back (Redis is not healthy; the worker
@@ -41,8 +48,9 @@ How a read goes
 
 Replicas: where reading one is safe
 -----------------------------------
-For a Sentinel target (`redis+sentinel://`), session and user-state reads go
-to a replica, AI responses and voice clips to the master:
+For a Sentinel target (`redis+sentinel://`) or a cluster target
+(`redis+cluster://`, a replica of the key's master), session and user-state
+reads go to a replica, AI responses and voice clips to the master:
 
 - Sessions and user state are state with a TTL, not cache entries ranked for
   eviction (the sessions target's policy is `volatile-ttl`), so who reads them
@@ -69,19 +77,50 @@ answer go on).
 REDIS_REPLICA_URL, older than the per-family targets, names the replica of the
 targets at REDIS_URL, and there serves every family, as it always did: an
 operator who sets it for the caches accepts that their reads do not feed the
-master's LRU/LFU (use a Sentinel target to get the policy above).
+master's LRU/LFU (use a Sentinel target to get the policy above). A cluster
+target ignores it: its replicas are in its slot map.
+
+Cluster targets: a breaker per master
+-------------------------------------
+A cluster target (`redis+cluster://`) is read through redis-py's
+`RedisCluster`, which follows the cluster's slot map (MOVED, ASK): the
+target's client for the reads that must reach a master and for every
+write-back, and a second one that reads replicas only (round robin among a
+master's replicas, `clients.cluster_replica`) for REPLICA_READ_FAMILIES.
+Neither retries; both use a slot map with a shard missing for the other
+shards' slots (`require_full_coverage` off, as the local cluster runs with
+`cluster-require-full-coverage no`).
+
+The masters of a cluster fail one at a time, so the breakers are per master,
+a *shard* (`streams.read.slotmap`): the stored key's slot (CRC16, as Redis
+computes it), then the master serving that slot now in the client's slot map,
+whose breakers (its own, and its replicas') take the read. A dead or hung
+master sends only its slots' reads to PostgreSQL (its session reads still go
+to its replicas); the other masters' reads stay on Redis. The breakers are
+named `<target>@<host:port>` and `<target>@<host:port>/replica`; the
+target's own breaker (`<target>`) guards its slot map: read on the first
+read (a client with no map, no seed answering), or read again when a key's
+slot has no master in it (a shard lost its master and replicas). A failed
+read on a shard also refreshes the map in the background (at most once a
+second, `SlotMap.refresh_soon`): redis-py refreshes it after a connection
+error, not after a read the reader's budget cut short, so without this a
+hung master that was failed over would keep its slots on PostgreSQL. After a
+failover the slots' new master has a breaker of its own, closed: reads go
+back to Redis as soon as the map names it.
 
 What is Redis's fault: one breaker per target, and the process's own queue
 -------------------------------------------------------------------------
-Each target has its own circuit breaker (and its replica another): a dead
-voice master sends voice reads to PostgreSQL while session and AI reads stay
-on Redis. A breaker counts only what Redis caused: a refused or reset
-connection, no master or replica known to the Sentinels, an error reply that
-says the node cannot serve (LOADING, READONLY, MASTERDOWN, TRYAGAIN,
-CLUSTERDOWN, an authentication refusal), and a round trip that took longer
-than the budget while this process was able to notice its answer. An error
-reply about the request itself (WRONGTYPE, NOPERM) is an answer from a live
-server: that read goes to PostgreSQL, and the breaker counts a success.
+Each target has its own circuit breaker (and its replica another; a cluster
+target one per master, above): a dead voice master sends voice reads to
+PostgreSQL while session and AI reads stay on Redis. A breaker counts only
+what Redis caused: a refused or reset connection, no master or replica known
+to the Sentinels, no node of a cluster answering or none serving the key's
+slot, an error reply that says the node cannot serve (LOADING, READONLY,
+MASTERDOWN, TRYAGAIN, CLUSTERDOWN, an authentication refusal), and a round
+trip that took longer than the budget while this process was able to notice
+its answer. An error reply about the request itself (WRONGTYPE, NOPERM) is an
+answer from a live server: that read goes to PostgreSQL, and the breaker
+counts a success.
 
 Time the reader's own process spent queueing is not Redis's. Measured before
 this rule: at 3 000 simulated users in one process (~9 000 reads/s asked of a
@@ -127,7 +166,8 @@ The parts
 ---------
 This module is the four reads and the order of a read; each step lives in a
 module of its own: `routes` (a family's target, its breakers and slots),
-`nodes` (replica or master, each under its breaker), `budget` (a round
+`slotmap` (a cluster target's key → slot → master), `nodes` (replica or
+master, each under its breaker), `budget` (a round
 trip's budget, the loop's lateness not counted), `breaker` (the circuit
 breaker, and why it is written here), `fallback` (PostgreSQL: the fallback
 and the read-through), `clients` (the Redis clients and what their failures
@@ -254,6 +294,7 @@ class CacheReader:
 
     async def close(self) -> None:
         await self._postgres.close()
+        await self._routes.aclose()
         for client in self._routes.clients():
             await close_client(client)
 
@@ -344,12 +385,11 @@ class CacheReader:
         got = await self._redis.read(route, family, key, fetch)
         if got is None:
             return await self._postgres.fallback(pg, value_of, name)
-        cached, node = got
-        if cached is not None:
+        if got.value is not None:
             self._counts.hits += 1
-            if node == "replica":
+            if got.node == "replica":
                 self._counts.replica_hits += 1
-            return ReadResult(cached, "redis", name, node)
+            return ReadResult(got.value, "redis", name, got.node, got.shard)
         return await self._postgres.read_through(pg, value_of, route.target)
 
 

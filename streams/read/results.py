@@ -25,9 +25,11 @@ W = TypeVar("W")
 class ReadResult(Generic[V]):
     """One read: the value (None for a miss) and the source that served it.
 
-    `target` and `node` say where in Redis: the family's target (`sessions`,
-    `ai`, `voice`, or families sharing one, `sessions+ai+voice`) and, when Redis
-    served the value, the node ("master" or "replica"; None otherwise). They do
+    `target`, `node` and `shard` say where in Redis: the family's target
+    (`sessions`, `ai`, `voice`, or families sharing one, `sessions+ai+voice`)
+    and, when Redis served the value, the node ("master" or "replica"; None
+    otherwise) and, on a cluster target, the shard: `host:port` of the master
+    whose slots hold the key (it, or one of its replicas, answered). They do
     not take part in equality: two results are equal when value and source are.
     """
 
@@ -35,11 +37,12 @@ class ReadResult(Generic[V]):
     source: Source
     target: str | None = field(default=None, compare=False)
     node: Node | None = field(default=None, compare=False)
+    shard: str | None = field(default=None, compare=False)
 
     def map(self, fn: Callable[[V], W]) -> ReadResult[W]:
         """The same result with `fn` applied to a present value."""
         value = None if self.value is None else fn(self.value)
-        return ReadResult(value, self.source, self.target, self.node)
+        return ReadResult(value, self.source, self.target, self.node, self.shard)
 
 
 def hash_value(op: RedisOp) -> dict[str, str] | None:

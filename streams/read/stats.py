@@ -39,9 +39,11 @@ class ReaderStats:
     redis_errors: int = 0
     """Redis round trips that failed, ran out of budget or got an error reply."""
     breaker_opens: int = 0
-    """Times a target's breaker opened (replica breakers not included), all targets."""
+    """Times a target's breaker opened (replica breakers not included), all targets
+    (a cluster target's masters' included)."""
     breaker_state: BreakerState = BreakerState.CLOSED
-    """The worst state of the targets' breakers (open, then half-open, then closed)."""
+    """The worst state of the targets' breakers, a cluster's masters' included (open,
+    then half-open, then closed)."""
     replica_hits: int = 0
     """Of `hits`, served by a replica."""
     replica_fallbacks: int = 0
@@ -57,7 +59,9 @@ class ReaderStats:
     """Of those, still unanswered after OVERLOAD_GRACE_S: PostgreSQL answered and
     no breaker was charged."""
     breakers: Mapping[str, BreakerState] = field(default_factory=dict)
-    """Each breaker's state: a target's by its name, its replica's as `name/replica`."""
+    """Each breaker's state: a target's by its name, its replica's as `name/replica`;
+    a cluster target's masters' as `name@host:port` and their replicas' as
+    `name@host:port/replica` (`name` alone: its slot map's)."""
 
 
 @dataclass(slots=True)

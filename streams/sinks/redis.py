@@ -83,9 +83,22 @@ async def write_by_target(targets: RedisTargets, ops: list[RedisOp]) -> None:
 async def _send(
     client: Client, group: list[RedisOp], layouts: dict[KeyFamily, ClusterLayout]
 ) -> None:
-    """Write one target's ops. A cluster target cuts `group` down, in place, to what
-    did not land before it raises; a single node lands all of it or is resent whole."""
+    """Write one target's ops, in the layout of their family."""
+    await write_target(client, group, layouts[key_family(group[0].key)])
+
+
+async def write_target(client: Client, ops: list[RedisOp], layout: ClusterLayout = "hash") -> None:
+    """Write `ops` (SPEC §4 keys, all of one target) to that target's `client`.
+
+    A cluster (`RedisCluster`): each op to the master owning its stored key's
+    slot (`layout`: REDIS_CLUSTER_LAYOUT), one round trip per master
+    (`sinks.redis_cluster.write`); when it raises, `ops` has been cut down, in
+    place, to what did not land. One Redis: `write`, one round trip, and a
+    failure lands all of `ops` or none (resend it whole). Raises what those
+    raise: a redis-py `RedisError` (the first error reply, a connection
+    failure) or an `OSError`.
+    """
     if isinstance(client, RedisCluster):
-        await redis_cluster.write(client, group, layouts[key_family(group[0].key)])
+        await redis_cluster.write(client, ops, layout)
     else:
-        await write(client, group)
+        await write(client, ops)

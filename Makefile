@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 STACK := $(BIN)/python -m streams.tools.stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: venv setup stack-up stack-down stack-status test test-sentinel test-unit chaos demo lint
+.PHONY: venv setup stack-up stack-down stack-status test test-sentinel test-cluster test-unit \
+	chaos demo lint
 
 venv: $(STAMP)
 
@@ -50,6 +51,20 @@ test-sentinel: stack-up
 	@rc=0; RPCACHE_REQUIRE_STACK=1 RPCACHE_REDIS_TOPOLOGY=sentinel \
 	$(BIN)/pytest -q $(TOPOLOGY_TESTS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+# The same tests with every key family on the local Redis Cluster, once per key
+# layout (REDIS_CLUSTER_LAYOUT hash, then design): README, Tests. Both passes run;
+# the first failure's status is the target's.
+test-cluster: stack-up
+	$(STACK) up --redis cluster
+	@rc=0; for topology in cluster cluster-design; do \
+	  echo "== RPCACHE_REDIS_TOPOLOGY=$$topology"; \
+	  one=0; RPCACHE_REQUIRE_STACK=1 RPCACHE_REDIS_TOPOLOGY=$$topology \
+	  $(BIN)/pytest -q $(TOPOLOGY_TESTS) $(PYTEST_ARGS) || one=$$?; \
+	  if [ $$one -eq 5 ]; then echo "pytest collected no tests ($$topology)" >&2; fi; \
+	  if [ $$rc -eq 0 ]; then rc=$$one; fi; \
+	done; \
 	exit $$rc
 
 # Kills and restarts the worker, Kafka, Redis and PostgreSQL under load (minutes).

@@ -3,10 +3,11 @@
 The stack must be up (`make test` runs `rpcache stack up` first): when Kafka,
 Redis or PostgreSQL does not answer within a few seconds, every integration
 test is skipped with one message naming them (failed under
-RPCACHE_REQUIRE_STACK=1, which `make test` sets). Each test
-session gets its own topic prefix, consumer group, PostgreSQL database and
-Redis database, so runs never see each other's data. Workers are real
-`rpcache worker` processes, started and killed like an operator would.
+RPCACHE_REQUIRE_STACK=1, which `make test` sets). Each test session gets its
+own topic prefix, consumer group, PostgreSQL database and Redis database (under
+a cluster topology, which has db 0 only: the local cluster, held by one session
+at a time), so runs never see each other's data. Workers are real `rpcache
+worker` processes, started and killed like an operator would.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,10 +38,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from schemas.keys import METRIC_WINDOWS, MetricName, metrics_key, stats_key
 from streams.observe.check import check_kafka, check_redis
 from streams.publisher import EventPublisher
 from streams.security import redis_options
 from streams.settings import Settings, get_settings
+from streams.tools.stack.cluster import ClusterTopology, cluster_env
 from streams.tools.stack.common import StackError
 from streams.tools.stack.sentinel import SentinelTopology, sentinel_env
 from streams.worker.runtime import open_pool
@@ -49,6 +53,8 @@ from tests.integration.topology import (
     SENTINEL_DB,
     TOPOLOGY_ENV,
     RedisKeys,
+    cluster_layout,
+    cluster_lock,
     family_env,
     redis_topology,
 )
@@ -131,8 +137,9 @@ async def stack_answers() -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under RPCACHE_REDIS_TOPOLOGY=sentinel, skip the integration tests of modules
-    that do not declare it in REDIS_TOPOLOGIES (they check keys on REDIS_URL)."""
+    """Under RPCACHE_REDIS_TOPOLOGY=sentinel, cluster or cluster-design, skip the
+    integration tests of modules that do not declare it in REDIS_TOPOLOGIES (they
+    check keys on REDIS_URL)."""
     try:
         topology = redis_topology()
     except ValueError as exc:
@@ -157,23 +164,44 @@ def on_one_redis() -> pytest.MarkDecorator:
 
 
 @pytest.fixture(scope="session")
-def test_env() -> dict[str, str]:
+def cluster_held() -> Iterator[None]:
+    """Under a cluster topology, the local cluster for this session alone (`cluster_lock`:
+    the session flushes every master); nothing otherwise."""
+    if cluster_layout(redis_topology()) is None:
+        yield
+        return
+    with cluster_lock(ClusterTopology(get_settings()).home):
+        yield
+
+
+@pytest.fixture(scope="session")
+def test_env(cluster_held: None) -> dict[str, str]:
     """Environment of the workers and of the test process for this run.
 
     Under RPCACHE_REDIS_TOPOLOGY=sentinel the key families are on the local
     Sentinel topology (started here when it does not run), db SENTINEL_DB;
+    under `cluster` / `cluster-design` on the local Redis Cluster (started here
+    when it does not run), db 0, REDIS_CLUSTER_LAYOUT `hash` / `design`.
     REDIS_URL (db 15) then holds none of them.
     """
     base = get_settings()
     db_url = _with_db(base.database_url.get_secret_value(), f"rpcache_test_{RUN}")
     redis_url = base.redis_url.get_secret_value().rsplit("/", 1)[0] + "/15"
     families: dict[str, str] = {}
-    if redis_topology() == "sentinel":
+    topology = redis_topology()
+    layout = cluster_layout(topology)
+    if topology == "sentinel":
         try:
             SentinelTopology(base).up()
         except StackError as exc:
             needs.missing(f"the sentinel topology does not start: {exc}")
         families = sentinel_env(SENTINEL_DB)
+    elif layout is not None:
+        try:
+            ClusterTopology(base).up()
+        except StackError as exc:
+            needs.missing(f"the local Redis Cluster does not start: {exc}")
+        families = {**cluster_env(), "REDIS_CLUSTER_LAYOUT": layout}
     return {
         "TOPIC_PREFIX": f"test-{RUN}.",
         "APP_ID": f"rpcache-test-{RUN}",
@@ -216,7 +244,8 @@ async def pool(settings: Settings, database: None) -> AsyncIterator[asyncpg.Pool
 
 @pytest.fixture(scope="session")
 async def redis_keys(settings: Settings) -> AsyncIterator[RedisKeys]:
-    """This run's keys, each on its family's target; emptied before and after the run."""
+    """This run's keys, each on its family's target; emptied before and after the run
+    (on a cluster: every master, `cluster_held`)."""
     keys = RedisKeys.from_settings(settings)
     await keys.flushdb()
     yield keys
@@ -380,7 +409,11 @@ async def isolated_run(
     base_env: dict[str, str], name: str, redis_db: int, cwd: Path | None = None, **extra: str
 ) -> AsyncIterator[IsolatedRun]:
     """`redis_db` is REDIS_URL's db, and that of the family targets `base_env` sets
-    (the sentinel run's), unless `extra` sets them; those are emptied like REDIS_URL's."""
+    (the sentinel run's), unless `extra` sets them; those are emptied like REDIS_URL's.
+
+    A cluster target of `base_env` (db 0 only) is not moved: the run shares it with
+    the shared worker, keys distinct by their ids; for the keys every run writes
+    (the day's stats, the metrics), see `alone_on_shared_keys`."""
     db = f"rpcache_test_{RUN}_{name}"
     moved = {k: v for k, v in family_env(base_env, redis_db).items() if k not in extra}
     env = {
@@ -424,6 +457,35 @@ async def isolated_run(
         conn = await asyncpg.connect(admin_url)
         await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await conn.close()
+
+
+@asynccontextmanager
+async def alone_on_shared_keys(
+    worker: WorkerProcess, keys: RedisKeys, settings: Settings
+) -> AsyncIterator[None]:
+    """Around an isolated run whose family targets are the shared worker's (a cluster
+    topology: `isolated_run`): the keys that are not anybody's by id, today's stats
+    hash and the metrics sorted sets, become the run's alone.
+
+    The shared worker is stopped (SIGTERM) so that its stats timer does not rewrite
+    the stats hash, those keys are deleted, and after the run deleted again and the
+    worker restarted (it resumes from its committed offsets). Nothing is done where
+    the isolated run has targets of its own (single, sentinel).
+    """
+    if cluster_layout(redis_topology()) is None:
+        yield
+        return
+    day = datetime.now(settings.tz).date()
+    metrics = [metrics_key(m, w) for m in get_args(MetricName) for w in METRIC_WINDOWS]
+    shared = [stats_key(day), *metrics]
+    assert worker.stop() == 0, worker.log_text()[-3000:]
+    await keys.delete(*shared)
+    try:
+        yield
+    finally:
+        await keys.delete(*shared)
+        worker.start()
+        await worker.wait_ready()
 
 
 async def read_alerts(

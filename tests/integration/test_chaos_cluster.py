@@ -7,8 +7,8 @@ at the key stored for it), with every key family on the local Redis Cluster
 (streams/tools/stack/cluster.py) in the design layout (SPEC §8: each
 family's keys on the master of its slot range).
 
-A cluster has database 0 only, so each scenario flushes the masters first;
-these tests must not run beside another session using the local cluster.
+A cluster has database 0 only, so each scenario flushes the masters first,
+holding the local cluster's test lock (tests/integration/topology.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from streams.tools.stack.cluster import ClusterTopology, cluster_env, cluster_no
 from tests.integration.conftest import IsolatedRun, isolated_run
 from tests.integration.load import Load, verify, wait_all_stored, write_report
 from tests.integration.test_chaos import CHAOS_ENV, catch_up
+from tests.integration.topology import cluster_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -37,15 +38,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 @pytest.fixture(scope="module")
 def topology() -> Iterator[ClusterTopology]:
     topo = ClusterTopology(get_settings())
-    was_running = topo.running()
-    topo.up()
-    yield topo
-    for node in cluster_nodes():
-        if topo.pid(node) is None:
-            topo.restart(node)
-    topo.wait_healthy(60)
-    if not was_running:
-        topo.down()
+    with cluster_lock(topo.home, timeout_s=600):  # these tests flush every master
+        was_running = topo.running()
+        topo.up()
+        yield topo
+        for node in cluster_nodes():
+            if topo.pid(node) is None:
+                topo.restart(node)
+        topo.wait_healthy(60)
+        if not was_running:
+            topo.down()
 
 
 async def _flush(url: str) -> None:
@@ -178,3 +180,32 @@ async def test_live_reshard_under_load(test_env: dict[str, str], topology: Clust
         await _finish(run, targets, load, "C2. live reshard of 300 slots (cluster)", back)
         print(f"300 slots moved in {moved_s:.1f} s and back, under load")
         await asyncio.to_thread(topology.wait_healthy, 60)
+
+
+async def test_voice_master_and_replica_restarted_empty(
+    test_env: dict[str, str], topology: ClusterTopology
+) -> None:
+    """The voice shard comes back empty (master and replica, no persistence): the worker
+    rebuilds that master's slots alone; the other masters keep every key."""
+    async with on_cluster(test_env, topology, "clustervoice") as (run, targets):
+        load = Load(run.publisher, rate=150)
+        producing = asyncio.create_task(load.run_for(3600))
+        await asyncio.sleep(4)
+        voice = next(s for s in topology.shards() if s.family == "voice")
+        assert voice.master is not None and voice.replicas
+        others = [s.master for s in topology.shards() if s.family != "voice"]
+        log_before = len(run.worker.log_text())
+        for port in (*voice.replicas, voice.master):
+            topology.kill(topology.node_at(port))
+        await asyncio.sleep(1)
+        for port in (voice.master, *voice.replicas):
+            topology.restart(topology.node_at(port))  # empty, rejoining from nodes.conf
+        back = catch_up(run, load)
+        await asyncio.to_thread(topology.wait_healthy, 60)
+        await asyncio.sleep(4)
+        load.stop()
+        await producing
+        await _finish(run, targets, load, "C3. voice master and replica restarted empty", back)
+        log = run.worker.log_text()[log_before:]
+        assert f"master 127.0.0.1:{voice.master}" in log and "those slots only" in log, log[-3000:]
+        assert not any(f"master 127.0.0.1:{port}" in log for port in others), log[-3000:]

@@ -56,6 +56,7 @@ from streams.tools.stack.cluster import (
 from streams.tools.stack.common import StackError
 from streams.tools.stack.sentinel import POLICIES
 from tests import needs
+from tests.integration.topology import cluster_lock
 
 pytestmark = pytest.mark.integration
 REDIS_TOPOLOGIES = ("single", "sentinel")  # its own servers: any run's topology will do
@@ -79,14 +80,15 @@ def cluster() -> Iterator[Running]:
     if shutil.which("redis-server") is None:
         needs.missing("redis-server is not installed: bash scripts/install-system-deps.sh")
     topology = ClusterTopology(get_settings())
-    was_running = topology.running()
-    try:
-        topology.up()
-    except StackError as exc:
-        pytest.fail(f"the cluster does not start: {exc}")
-    yield Running(topology, fresh=not was_running)
-    if not was_running:
-        topology.down()
+    with cluster_lock(topology.home):  # not while a cluster test session flushes it
+        was_running = topology.running()
+        try:
+            topology.up()
+        except StackError as exc:
+            pytest.fail(f"the cluster does not start: {exc}")
+        yield Running(topology, fresh=not was_running)
+        if not was_running:
+            topology.down()
 
 
 def _node(port: int) -> redis.Redis:

@@ -4,7 +4,9 @@ The projection tests read what the shared worker wrote, wherever this run's
 families are (tests/integration/topology.py): one Redis, or, under
 `make test-sentinel`, a Sentinel master/replica set per family, where session
 and user-state reads come from the replica (the test waits until it has the
-master's writes). The outage and replica tests run redis-server processes of
+master's writes), or, under `make test-cluster`, the local Redis Cluster in
+either key layout (session and user state from the replica of their slot's
+master). The outage and replica tests run redis-server processes of
 their own on free ports (never the shared one on 6379), stop and restart them,
 and point a reader at them and at this run's PostgreSQL database, which the
 shared worker fills; they are about one Redis and run in `make test` only.
@@ -40,11 +42,12 @@ from streams.publisher import EventPublisher
 from streams.read.reader import BreakerState, CacheReader, ReadResult
 from streams.settings import Settings
 from tests.integration.conftest import PrivateRedis, WorkerProcess, eventually, on_one_redis
-from tests.integration.topology import RedisKeys, redis_topology
+from tests.integration.topology import RedisKeys, cluster_layout, redis_topology
 
 pytestmark = pytest.mark.integration
-REDIS_TOPOLOGIES = ("single", "sentinel")
-"""`make test` runs this module on one Redis, `make test-sentinel` on the Sentinel topology."""
+REDIS_TOPOLOGIES = ("single", "sentinel", "cluster", "cluster-design")
+"""`make test` runs this module on one Redis, `make test-sentinel` on the Sentinel topology,
+`make test-cluster` on the local Redis Cluster in both key layouts."""
 
 
 # --- what the worker projected ------------------------------------------------------
@@ -124,10 +127,16 @@ async def entities(
 def where_read() -> list[tuple[str, str]]:
     """(target, node) that serve session, user-state, AI and voice reads from Redis
     (README, Redis topologies): one Redis serves all; on Sentinel each family's
-    set, session and user state from its replica, the caches from their master."""
-    if redis_topology() == "sentinel":
+    set, session and user state from its replica, the caches from their master;
+    on the cluster (one target for all), session and user state from the replica
+    of their slot's master, the caches from the master."""
+    topology = redis_topology()
+    if topology == "sentinel":
         return [("sessions", "replica"), ("sessions", "replica"), ("ai", "master"),
                 ("voice", "master")]  # fmt: skip
+    if cluster_layout(topology) is not None:
+        both = "sessions+ai+voice"
+        return [(both, "replica"), (both, "replica"), (both, "master"), (both, "master")]
     return [("sessions+ai+voice", "master")] * 4
 
 
@@ -172,6 +181,8 @@ async def test_reads_projections_then_reads_through_deleted_keys(
         first = await read_all(r, e)
         assert [x.source for x in first] == ["redis"] * 4
         assert [(x.target, x.node) for x in first] == where_read()
+        # On a cluster, each read went to the master of its stored key's slot (or its replica).
+        assert [x.shard for x in first] == [await redis_keys.master_of(k) for k in e.keys]
         assert first[0].value == await redis_keys.hgetall(session_key(e.sid))
         assert first[1].value == await redis_keys.hgetall(user_state_key(e.user))
         assert first[2].value == orjson.loads(await redis_keys.get(ai_response_key(e.prompt)))
@@ -191,6 +202,7 @@ async def test_reads_projections_then_reads_through_deleted_keys(
         assert [(x.source, x.target, x.node) for x in third] == [
             ("redis", *w) for w in where_read()
         ]
+        assert [x.shard for x in third] == [x.shard for x in first]
         assert [x.value for x in third] == [x.value for x in first]
 
         s = r.stats

@@ -21,6 +21,7 @@ flagged as failed. A node serving no slot is no master here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -116,12 +117,16 @@ class ClusterMaster:
         return self.slots.name
 
 
-async def cluster_masters(cluster: RedisCluster, refresh: bool = True) -> list[ClusterMaster]:
+async def cluster_masters(
+    cluster: RedisCluster, refresh: bool = True, refresh_timeout_s: float | None = None
+) -> list[ClusterMaster]:
     """Every master `cluster`'s slot map lists now, ordered by first slot.
 
     With `refresh`, the map is read again first (`CLUSTER SLOTS`, from the first
     seed that answers); when no node answers, the map the client already has is
-    used, and when it has none the error is raised: a redis-py
+    used (also when the refresh takes longer than `refresh_timeout_s`: a hung
+    node must not cost the caller its map), and when it has none the error is
+    raised: a redis-py
     `RedisClusterException` (`RedisClusterUnreachableError` when no seed can be
     reached), `RedisError` or `OSError`.
     """
@@ -129,9 +134,10 @@ async def cluster_masters(cluster: RedisCluster, refresh: bool = True) -> list[C
     manager = cluster.nodes_manager
     if refresh:
         with contextlib.suppress(
-            redis_errors.RedisError, redis_errors.RedisClusterException, OSError
+            redis_errors.RedisError, redis_errors.RedisClusterException, OSError, TimeoutError
         ):
-            await manager.initialize()
+            async with asyncio.timeout(refresh_timeout_s):
+                await manager.initialize()
     slot_map = {slot: [n.name for n in nodes] for slot, nodes in manager.slots_cache.items()}
     if not slot_map:
         raise redis_errors.RedisClusterException("no slot map: no node of the cluster answered")

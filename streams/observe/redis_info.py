@@ -125,8 +125,8 @@ async def read_cluster(target: str, cluster: RedisCluster, timeout_s: float) -> 
     whole target, down. Never raises for a Redis failure."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        async with asyncio.timeout_at(deadline):
-            masters = await cluster_masters(cluster)
+        async with asyncio.timeout_at(deadline):  # half for the map: a hung node costs
+            masters = await cluster_masters(cluster, refresh_timeout_s=timeout_s / 2)
     except Exception as exc:
         log.warning("Redis cluster target %s: no slot map: %r", target, exc)
         return [TargetFigures(target, None, error_text(exc))]

@@ -449,3 +449,15 @@ def test_the_sink_workload_has_every_kind_of_op() -> None:
     assert [len(b) for b in batches] == [BATCH_OPS, BATCH_OPS]
     kinds = {type(op) for op in batches[0]}
     assert kinds == {HashWrite, StringWrite, SortedSetAdd}
+
+
+def test_the_cluster_run_is_a_row_of_its_own_not_the_headline() -> None:
+    from streams.tools.bench.report import throughput_rows
+
+    results = _results(4000.0)
+    results.ours_cluster = Throughput(200_000, 200_000 / 9000, True)
+    report = build_report(results)
+    assert report["events_per_s"] == 4000.0  # the headline stays one Redis's
+    assert report["throughput"]["ours_cluster"]["events_per_s"] == 9000.0
+    labels = [row[0] for row in throughput_rows(report)]
+    assert "ours, 1 process, Redis Cluster" in labels

@@ -50,6 +50,8 @@ class Results:
     ours: Throughput | None = None
     """One worker process."""
     ours_multi: Throughput | None = None
+    ours_cluster: Throughput | None = None
+    """One worker process with every key family on the local Redis Cluster (design layout)."""
     """`rpcache worker --processes N` (one per core), when the machine has several.
     The headline `events_per_s` is the faster of the two."""
     baseline: Throughput | None = None
@@ -177,6 +179,7 @@ def build_report(r: Results) -> dict[str, Any]:
             "workload": r.workload,
             "ours": _throughput(r.ours, r.batched, r.ceiling),
             "ours_processes": _throughput(r.ours_multi, r.batched, r.ceiling),
+            "ours_cluster": _throughput(r.ours_cluster, r.batched, r.ceiling),
             "batched": _throughput(r.batched, r.batched, r.ceiling),
             "baseline": _throughput(r.baseline, r.batched, r.ceiling),
             "ceiling": _throughput(r.ceiling, r.batched, r.ceiling),
@@ -383,6 +386,7 @@ def throughput_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         ("ceiling", "ceiling"),
         ("ours, 1 process", "ours"),
         (f"ours, --processes {multi.get('processes', '')}", "ours_processes"),
+        ("ours, 1 process, Redis Cluster", "ours_cluster"),
         ("hand-batched", "batched"),
         ("naive", "baseline"),
     )

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
@@ -24,6 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import RedisCluster
+
+from streams.redis_targets import RedisTargets
 from streams.security import redis_options
 from streams.settings import Settings
 from streams.tools.bench import freshness as fresh
@@ -37,12 +41,15 @@ from streams.tools.bench.report import Results, build_report
 from streams.tools.bench.sink import run_sink
 from streams.tools.bench.workload import (
     DataSet,
+    Expected,
     Workload,
     ai_misses,
     clip_of,
     open_sessions,
     voice_misses,
 )
+from streams.tools.stack.cluster import ClusterTopology, cluster_env
+from streams.tools.stack.common import StackError
 
 Progress = Callable[[str], None]
 PHASES = ("throughput", "freshness", "memory", "reads", "sink")
@@ -162,6 +169,40 @@ class Bench:
             )
         return build_report(self.results)
 
+    async def _ours_on_cluster(self, prefix: str, expected: Expected) -> None:
+        """One worker with every key family on the local Redis Cluster (design layout),
+        on the same preloaded topics; the cluster is started if needed, its masters
+        flushed before and after, and stopped again if this run started it."""
+        c, r = self.config, self.results
+        topology = ClusterTopology(self.base)
+        was_running = topology.running()
+        try:
+            await asyncio.to_thread(topology.up)
+        except StackError as exc:
+            self.progress(f"no Redis Cluster, its run is skipped: {exc}")
+            return
+        env = await BenchEnv.create(
+            self.base, self.run, "cluster", self.redis_db, topic_prefix=prefix, **cluster_env()
+        )
+        flush = RedisTargets.from_settings(env.settings)
+        try:
+            await _flush_cluster(flush)
+            self.progress("ours: one worker, every key family on the Redis Cluster")
+            r.ours_cluster = await tp.run_ours(
+                env,
+                expected,
+                c.events,
+                self.logs / "throughput-cluster.log",
+                c.timeout_s,
+                self.loop,
+            )
+        finally:
+            await _flush_cluster(flush)
+            await flush.aclose()
+            await env.drop()
+            if not was_running:
+                await asyncio.to_thread(topology.down)
+
     # --- 1. throughput --------------------------------------------------------------
     async def throughput(self) -> None:
         c, r = self.config, self.results
@@ -212,6 +253,7 @@ class Bench:
                     )
                 finally:
                     await multi_env.drop()
+            await self._ours_on_cluster(prefix, expected)
             batched_env = await BenchEnv.create(
                 self.base, self.run, "batched", self.redis_db + 1, topic_prefix=prefix
             )
@@ -312,3 +354,10 @@ def _hit_rates(workload: Workload) -> dict[str, float]:
         "ai_hit_rate": round(e.hit_rate("ai.response", len(e.ai_keys)), 3),
         "voice_hit_rate": round(e.hit_rate("voice.synthesized", len(e.voice_keys)), 3),
     }
+
+
+async def _flush_cluster(targets: RedisTargets) -> None:
+    """FLUSHALL on every master of the cluster targets (a cluster has db 0 only)."""
+    for _, client in targets.distinct():
+        if isinstance(client, RedisCluster):
+            await client.flushall(target_nodes=RedisCluster.PRIMARIES)

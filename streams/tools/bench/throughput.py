@@ -70,6 +70,7 @@ from schemas.keys import (
     voice_key_for_hash,
 )
 from streams.database import asyncpg_options
+from streams.redis_targets import Client, RedisTargets, as_targets
 from streams.security import redis_from_settings
 from streams.store import progress
 from streams.tools.bench.cpu import (
@@ -145,11 +146,18 @@ def last_ready(log_text: str) -> float | None:
     return max(stamps) if stamps else None
 
 
-async def count_existing(redis: Redis, keys: list[str], chunk: int = 1000) -> int:
-    """How many of `keys` exist, in few round trips."""
+async def count_existing(redis: Redis | RedisTargets, keys: list[str], chunk: int = 1000) -> int:
+    """How many of `keys` (SPEC §4 keys) exist, in few round trips: on each key's
+    family target at its stored key (`RedisTargets.key`) when given targets."""
+    targets = as_targets(redis)
+    by_client: dict[int, tuple[Client, list[str]]] = {}
+    for key in keys:
+        client = targets.master_for(key)
+        by_client.setdefault(id(client), (client, []))[1].append(targets.key(key))
     total = 0
-    for i in range(0, len(keys), chunk):
-        total += int(await redis.exists(*keys[i : i + chunk]))
+    for client, stored in by_client.values():
+        for i in range(0, len(stored), chunk):
+            total += int(await client.exists(*stored[i : i + chunk]))
     return total
 
 
@@ -169,7 +177,7 @@ async def run_ours(
     the CPU window runs from the last sample before the timed window to the last one.
     """
     worker = WorkerProcess(env.env, log_path, loop=loop, processes=processes)
-    redis = redis_from_settings(env.settings)
+    redis = RedisTargets.from_settings(env.settings)
     keys = expected.redis_keys()
     worker.start()
     conn: asyncpg.Connection[asyncpg.Record] | None = None

@@ -145,6 +145,7 @@ class SentinelTopology:
             f"maxmemory-policy {POLICIES[node.family]}",
             "repl-diskless-sync yes",
             "repl-diskless-sync-delay 0",
+            "repl-diskless-load on-empty-db",  # no RDB file on a replica (memory only)
             "replica-read-only yes",
         ]
         if node.replica_of is not None:
@@ -183,6 +184,7 @@ class SentinelTopology:
                 if self.pid(node) is not None:
                     continue
                 config = self._sentinel_config(node) if node.sentinel else self._data_config(node)
+                (self.home / f"{node.name}.rdb").unlink(missing_ok=True)  # memory only
                 self._conf(node).write_text(config)
                 argv = [binary, str(self._conf(node))]
                 if node.sentinel:
@@ -284,6 +286,7 @@ class SentinelTopology:
         back empty: no persistence; Sentinel reconfigures it as a replica if it was
         failed over)."""
         binary = require_binary("redis-server", INSTALL_HINT)
+        (self.home / f"{node.name}.rdb").unlink(missing_ok=True)  # back empty, really
         argv = [binary, str(self._conf(node))]
         if node.sentinel:
             argv.append("--sentinel")

@@ -131,14 +131,15 @@ async def replay(
             async for chunk in kind_chunks(pool, settings, kind, since, now, keep):
                 for start in range(0, len(chunk.ops), _step(rate)):
                     ops = chunk.ops[start : start + _step(rate)]
+                    count = len(ops)  # a failed try cuts `ops` to what did not land
                     if limiter is not None:
-                        await limiter.acquire(len(ops))
+                        await limiter.acquire(count)
                     await until_done(
                         lambda ops=ops: redis_sink.write_by_target(targets, ops),  # type: ignore[misc]
                         max_backoff_s=settings.retry_max_backoff_s,
                     )
-                    summary.written[kind] += len(ops)
-                    progress.advance(task, len(ops))
+                    summary.written[kind] += count
+                    progress.advance(task, count)
                 summary.expired[kind] += chunk.expired
             progress.update(task, total=summary.written[kind])
             log.info(

@@ -188,11 +188,12 @@ class Runtime:
                 return await self.sessions_handler.sweep(conn, now)
 
         ops = await until_done(persist, max_backoff_s=self.settings.retry_max_backoff_s)
+        count = len(ops)  # a failed try cuts `ops` to what did not land
         await until_done(
             lambda: redis_sink.write_by_target(self.targets, ops),
             max_backoff_s=self.settings.retry_max_backoff_s,
         )
-        return len(ops)
+        return count
 
     async def project_stats(self) -> int:
         """Write the stats hashes that are due (leader only); return how many.

@@ -264,10 +264,12 @@ def bench(
     ),
 ) -> None:
     """Benchmark against the local stack: throughput beside a hand-written baseline
-    and the consume-only ceiling, freshness, read latency, memory.
+    and the consume-only ceiling, freshness, read latency, memory, the Redis sink.
 
     Each benchmark gets its own database, Redis db and topics, dropped at the
-    end. Prints the tables and writes the same figures to bench.json.
+    end. The throughput and read runs are repeated on the local Redis Cluster
+    (design layout; started for the run if it is not up, stopped after).
+    Prints the tables and writes the same figures to bench.json.
     """
     from streams.tools.bench.main import parse_phases, run_bench
 

@@ -16,18 +16,20 @@ still listed (and reported down by whoever asks it); it leaves out replicas
 flagged as failed. A node serving no slot is no master here.
 
 `slot_ranges` and `masters_of_map` are pure; `cluster_masters` does one
-`CLUSTER SLOTS` (to the first seed that answers) when asked to refresh.
+`CLUSTER SLOTS` (to the first seed that answers) when asked to refresh;
+`wait_replicated` one round trip to each master.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.exceptions as redis_errors
-from redis.asyncio import RedisCluster
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 
 from schemas.keys import DESIGN_SLOT_RANGES, KEY_FAMILIES, KeyFamily
@@ -146,3 +148,50 @@ async def cluster_masters(
         ClusterMaster(m, by_name[m.name], tuple(by_name[r] for r in m.replicas))
         for m in masters_of_map(slot_map)
     ]
+
+
+async def wait_replicated(
+    cluster: RedisCluster, timeout_ms: int = 5000
+) -> dict[str, tuple[int, int]]:
+    """Until every replica of every master has what that master wrote so far, or
+    `timeout_ms` (per master) passed; master name → (replicas that acknowledged,
+    replicas connected).
+
+    WAIT (Redis docs, "WAIT") counts the replicas that acknowledged the writes
+    of the connection it is sent on, and everything the master wrote before
+    them. A PUBLISH does not do on a cluster: a node sends it to the others
+    over the cluster bus, not down its replication stream. So a key of the
+    master's own slots is written and deleted on one connection to that
+    master (a client of its own, with the cluster's connection settings),
+    then WAIT on that connection. The caller compares the counts.
+    Raises redis-py's `RedisError` / `RedisClusterException` or `OSError`.
+    """
+    acked: dict[str, tuple[int, int]] = {}
+    marker = f"rpcache:sync:{uuid.uuid4().hex[:8]}"
+    for master in await cluster_masters(cluster):
+        key = _key_served_by(cluster, master.slots, marker)
+        node = master.node
+        pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+        direct = Redis.from_pool(pool)
+        try:
+            info = await direct.info("replication")
+            want = int(info.get("connected_slaves", 0))
+            async with direct.pipeline(transaction=False) as pipe:
+                pipe.set(key, "sync", px=timeout_ms)
+                pipe.delete(key)
+                pipe.execute_command("WAIT", want, timeout_ms)
+                *_, count = await pipe.execute()
+        finally:
+            await direct.aclose()
+        acked[master.name] = (int(count), want)
+    return acked
+
+
+def _key_served_by(cluster: RedisCluster, master: MasterSlots, prefix: str) -> str:
+    """`prefix:i` for the first i whose slot `master` serves (each master serves a
+    share of the 16 384 slots, so a few tries do)."""
+    for i in range(100_000):
+        key = f"{prefix}:{i}"
+        if master.holds(cluster.keyslot(key)):
+            return key
+    raise redis_errors.RedisClusterException(f"no key of {master.name}'s slots found")

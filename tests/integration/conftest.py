@@ -43,7 +43,7 @@ from streams.observe.check import check_kafka, check_redis
 from streams.publisher import EventPublisher
 from streams.security import redis_options
 from streams.settings import Settings, get_settings
-from streams.tools.stack.cluster import ClusterTopology, cluster_env
+from streams.tools.stack.cluster import ClusterTopology, cluster_env, cluster_lock
 from streams.tools.stack.common import StackError
 from streams.tools.stack.sentinel import SentinelTopology, sentinel_env
 from streams.worker.runtime import open_pool
@@ -54,7 +54,6 @@ from tests.integration.topology import (
     TOPOLOGY_ENV,
     RedisKeys,
     cluster_layout,
-    cluster_lock,
     family_env,
     redis_topology,
 )

@@ -26,11 +26,16 @@ from redis.asyncio import RedisCluster
 
 from streams.redis_targets import RedisTargets
 from streams.settings import get_settings
-from streams.tools.stack.cluster import ClusterTopology, cluster_env, cluster_nodes, cluster_url
+from streams.tools.stack.cluster import (
+    ClusterTopology,
+    cluster_env,
+    cluster_lock,
+    cluster_nodes,
+    cluster_url,
+)
 from tests.integration.conftest import IsolatedRun, isolated_run
 from tests.integration.load import Load, verify, wait_all_stored, write_report
 from tests.integration.test_chaos import CHAOS_ENV, catch_up
-from tests.integration.topology import cluster_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

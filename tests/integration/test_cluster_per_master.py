@@ -15,7 +15,7 @@ design's ranges, a replica each):
   master (its replica follows) brings back that master's keys only, from
   PostgreSQL, while the session and voice masters' key sets are unchanged.
 
-The module holds `cluster_lock` (tests/integration/topology.py) while it runs:
+The module holds `cluster_lock` (streams/tools/stack/cluster.py) while it runs:
 it empties a master and moves slots, which another test session on the cluster
 must not see. Whatever it changes (slots, keys) it puts back; the cluster is
 healthy at the end (`ClusterTopology.problem()` is None), and stopped only if
@@ -54,12 +54,18 @@ from streams.observe.check import CheckResult, check_redis_targets
 from streams.observe.redis_info import read_targets
 from streams.redis_targets import RedisTargets
 from streams.settings import Settings, get_settings
-from streams.tools.stack.cluster import HOST, ClusterTopology, Shard, cluster_env, cluster_url
+from streams.tools.stack.cluster import (
+    HOST,
+    ClusterTopology,
+    Shard,
+    cluster_env,
+    cluster_lock,
+    cluster_url,
+)
 from streams.tools.stack.common import StackError
 from streams.tools.stack.sentinel import POLICIES
 from tests import needs
 from tests.integration.conftest import eventually, isolated_run, rpcache_check
-from tests.integration.topology import cluster_lock
 
 pytestmark = pytest.mark.integration
 REDIS_TOPOLOGIES = ("single", "sentinel")  # its own cluster (a cluster run holds the lock)

@@ -37,10 +37,9 @@ from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, String
 from streams.redis_targets import RedisTargets, key_family
 from streams.settings import Settings, get_settings
 from streams.sinks.redis import write_by_target
-from streams.tools.stack.cluster import MASTER_PORTS, ClusterTopology, cluster_url
+from streams.tools.stack.cluster import MASTER_PORTS, ClusterTopology, cluster_lock, cluster_url
 from streams.tools.stack.common import StackError
 from tests import needs
-from tests.integration.topology import cluster_lock
 
 pytestmark = pytest.mark.integration
 REDIS_TOPOLOGIES = ("single", "sentinel")  # its own servers: any run's topology will do

@@ -51,12 +51,12 @@ from streams.tools.stack.cluster import (
     REPLICA_PORTS,
     ClusterTopology,
     cluster_env,
+    cluster_lock,
     cluster_nodes,
 )
 from streams.tools.stack.common import StackError
 from streams.tools.stack.sentinel import POLICIES
 from tests import needs
-from tests.integration.topology import cluster_lock
 
 pytestmark = pytest.mark.integration
 REDIS_TOPOLOGIES = ("single", "sentinel")  # its own servers: any run's topology will do

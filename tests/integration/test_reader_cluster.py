@@ -3,7 +3,7 @@ layouts: every family on the cluster, a circuit breaker per master (issue 14 poi
 
 The cluster is the local one of streams/tools/stack/cluster.py (masters
 6401-6403, replicas 6404-6406), started here when it does not run (and then
-stopped at the end), and held for the module (`cluster_lock`: a test session
+stopped at the end), and held for the module (`streams.tools.stack.cluster.cluster_lock`: a test session
 on the cluster topology flushes every master, and this module pauses one).
 This run's PostgreSQL database holds what the shared worker projected; the
 reader reads the cluster, where its own read-throughs put the keys.
@@ -54,11 +54,16 @@ from streams.read import recompute
 from streams.read.reader import CacheReader, ReadResult
 from streams.redis_targets import key_family
 from streams.settings import Settings, get_settings
-from streams.tools.stack.cluster import HOST, MASTER_PORTS, ClusterTopology, cluster_url
+from streams.tools.stack.cluster import (
+    HOST,
+    MASTER_PORTS,
+    ClusterTopology,
+    cluster_lock,
+    cluster_url,
+)
 from streams.tools.stack.common import StackError
 from tests import needs
 from tests.integration.conftest import WorkerProcess, eventually
-from tests.integration.topology import cluster_lock
 
 pytestmark = pytest.mark.integration
 REDIS_TOPOLOGIES = ("single", "sentinel")  # its own cluster: any run's topology will do

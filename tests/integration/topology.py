@@ -12,7 +12,7 @@
   local Redis Cluster (`rpcache stack up --redis cluster`), with
   REDIS_CLUSTER_LAYOUT `hash` and `design` respectively. A cluster has db 0
   only, so nothing moves to a db of its own: the session holds
-  `cluster_lock` (one test session on the cluster at a time), the masters
+  `streams.tools.stack.cluster.cluster_lock` (one user of the cluster at a time), the masters
   are flushed (FLUSHALL on each) when it starts and ends, an isolated run
   shares the cluster with the shared worker (its keys are its own by
   session and user ids; the day's stats and the metrics keys are not:
@@ -29,24 +29,20 @@ where a replica read follows.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.keys import ClusterLayout, logical_key
+from streams.cluster_masters import wait_replicated
 from streams.redis_targets import Client, RedisTargets, parse_target
 from streams.settings import Settings
 
@@ -61,8 +57,6 @@ CLUSTER_LAYOUTS: Final[dict[Topology, ClusterLayout]] = {
 """REDIS_CLUSTER_LAYOUT of each cluster topology."""
 FAMILY_URL_VARS: Final = ("REDIS_SESSIONS_URL", "REDIS_AI_URL", "REDIS_VOICE_URL")
 SYNC_CHANNEL: Final = f"rpcache-test-sync-{uuid.uuid4().hex[:8]}"
-SYNC_KEY: Final = f"rpcache-test-sync-{uuid.uuid4().hex[:8]}"
-"""Written and deleted at once on a cluster master, for WAIT (`RedisKeys.replicated`)."""
 
 
 def redis_topology() -> Topology:
@@ -76,33 +70,6 @@ def redis_topology() -> Topology:
 def cluster_layout(topology: Topology) -> ClusterLayout | None:
     """The key layout of a cluster topology; None for one that is not a cluster."""
     return CLUSTER_LAYOUTS.get(topology)
-
-
-@contextmanager
-def cluster_lock(home: Path, timeout_s: float = 240) -> Iterator[None]:
-    """Hold the local cluster for one test session (an exclusive `flock` on
-    `home/.tests.lock`): a session flushes every master, so two at once would
-    wipe each other's keys. Waits up to `timeout_s` for another holder, then
-    raises TimeoutError naming the file."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / ".tests.lock"
-    with path.open("a") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"another test session holds the local cluster ({path}) after "
-                        f"{timeout_s:g} s"
-                    ) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def with_target_db(url: str, db: int) -> str:
@@ -158,7 +125,8 @@ class RedisKeys:
         if not isinstance(client, RedisCluster):
             return None
         await client.initialize()
-        return str(client.get_node_from_key(self.stored(key)).name)
+        node = client.get_node_from_key(self.stored(key))
+        return None if node is None else str(node.name)
 
     def _by_target(self, keys: tuple[str, ...]) -> list[tuple[Client, list[str]]]:
         groups: dict[int, tuple[Client, list[str]]] = {}
@@ -237,11 +205,12 @@ class RedisKeys:
         connection then returns once the replicas acknowledged it, so everything
         the master wrote before it (the worker's writes, a test's deletes) too.
         A single Redis has no replica: nothing to wait for. On a cluster each
-        master is waited for in turn (`_cluster_replicated`).
+        master is waited for in turn (`streams.cluster_masters.wait_replicated`).
         """
         for families, client in self.targets.distinct():
             if isinstance(client, RedisCluster):
-                await _cluster_replicated(client, timeout_ms)
+                for master, (acked, want) in (await wait_replicated(client, timeout_ms)).items():
+                    assert acked >= want, f"master {master}: {acked} of {want} replicas caught up"
                 continue
             if not self.targets.targets[families[0]].is_sentinel:
                 continue
@@ -262,42 +231,6 @@ def _logical_or_stored(stored: str, layout: ClusterLayout) -> str:
         return logical_key(stored, layout)
     except ValueError:
         return stored
-
-
-def _sync_key(cluster: RedisCluster, node: ClusterNode) -> str:
-    """A key whose slot `node` serves now (a few tries: each master serves a third)."""
-    for i in range(10_000):
-        key = f"{SYNC_KEY}:{i}"
-        if cluster.get_node_from_key(key) == node:
-            return key
-    raise AssertionError(f"no key of {node.name}'s slots among 10 000 tried")
-
-
-async def _cluster_replicated(cluster: RedisCluster, timeout_ms: int) -> None:
-    """`RedisKeys.replicated` for each master of a cluster.
-
-    A PUBLISH does not do there: a cluster node sends it to the others over the
-    cluster bus, not down its replication stream, so WAIT would not wait for
-    it. Instead a key of the master's own slots is written and deleted on one
-    connection to that master (a client of its own, with the cluster's
-    connection settings), then WAIT on that connection.
-    """
-    await cluster.initialize()
-    for node in cluster.get_primaries():
-        key = _sync_key(cluster, node)
-        pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-        direct = Redis.from_pool(pool)
-        try:
-            info: dict[str, Any] = await direct.info("replication")
-            want = int(info.get("connected_slaves", 0))
-            async with direct.pipeline(transaction=False) as pipe:
-                pipe.set(key, "sync", px=timeout_ms)
-                pipe.delete(key)
-                pipe.execute_command("WAIT", want, timeout_ms)
-                *_, acked = await pipe.execute()
-        finally:
-            await direct.aclose()
-        assert int(acked) >= want, f"master {node.name}: {acked} of {want} replicas caught up"
 
 
 def family_env(base: dict[str, str], db: int) -> dict[str, str]:

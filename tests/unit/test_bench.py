@@ -19,7 +19,7 @@ from streams.tools.bench.env import parse_vm_hwm_mb, with_database, with_redis_d
 from streams.tools.bench.freshness import Freshness
 from streams.tools.bench.main import parse_phases
 from streams.tools.bench.memory import MemoryFigure
-from streams.tools.bench.reads import ReadLevel
+from streams.tools.bench.reads import CLUSTER_READS, ReadLevel
 from streams.tools.bench.report import (
     THROUGHPUT_COLUMNS,
     Results,
@@ -110,7 +110,11 @@ def _results(events_per_s: float = 6000.0) -> Results:
             Freshness(500, 5000, Latency.of_seconds([0.05] * 100), 0),
             Freshness(2000, 20000, Latency.of_seconds([0.05] * 98 + [0.3, 0.3]), 0),
         ],
-        reads=[_level("redis", 300, 0.0008), _level("postgres", 300, 0.004)],
+        reads=[
+            _level("redis", 300, 0.0008),
+            _level("postgres", 300, 0.004),
+            _level(CLUSTER_READS, 300, 0.0012),
+        ],
         sessions=MemoryFigure(10_000, 7_000_000, 312.0),
     )
 
@@ -126,6 +130,9 @@ def test_report_has_the_figures_the_issue_names() -> None:
     assert report["freshness_p99_ms"]["500"] == 50.0
     assert report["read_p99_ms"]["session"]["300"] == pytest.approx(0.8, abs=0.01)
     assert report["postgres_read_p99_ms"]["voice"]["300"] == pytest.approx(4.0, abs=0.05)
+    assert report["cluster_read_p99_ms"]["ai"]["300"] == pytest.approx(1.2, abs=0.01)
+    assert report["cluster_read_p99_vs_single"]["voice"] == pytest.approx(1.5, abs=0.01)
+    assert report["ours_cluster_vs_single"] is None  # no cluster throughput run
     assert report["redis_bytes_per_session"] == 700.0
     assert report["worker_peak_rss_mb"] == 210.0
     orjson.dumps(report)  # JSON-ready: no NaN, no dataclasses

@@ -80,7 +80,7 @@ class BenchEnv:
             "BUSINESS_TZ": base.business_tz,
             **extra,
         }
-        settings = Settings(**{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        settings = settings_of(env)
         await asyncio.to_thread(Path(settings.worker_data_dir).mkdir, parents=True, exist_ok=True)
         admin_url = with_database(base.database_url.get_secret_value(), "postgres")
         conn = await asyncpg.connect(admin_url, **asyncpg_options(settings))
@@ -96,6 +96,10 @@ class BenchEnv:
         await ensure_topics(settings)
         return cls(name, env, settings, database, admin_url)
 
+    def settings_with(self, **extra: str) -> Settings:
+        """This benchmark's settings with `extra` environment variables on top."""
+        return settings_of({**self.env, **extra})
+
     async def drop(self) -> None:
         """Drop the database and empty the Redis db (topics: `delete_topics`)."""
         conn = await asyncpg.connect(self.admin_url, **asyncpg_options(self.settings))
@@ -108,6 +112,12 @@ class BenchEnv:
             await redis.flushdb()
         finally:
             await redis.aclose()
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """Settings from environment-variable names and values (which win over the
+    process environment, as for any `Settings`)."""
+    return Settings(**{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
 
 
 async def delete_topics(settings: Settings, prefix: str) -> None:

@@ -11,6 +11,10 @@ first `warmup_s` (connections being opened) are not counted.
 The same reads are then served by PostgreSQL: a second reader whose Redis is
 a closed port, so its circuit breaker opens on the first read and every read
 takes the fallback path (`streams.read.recompute`), as during a Redis outage.
+With a local Redis Cluster, the same entries are then replayed into it from
+PostgreSQL (design layout) and read again, source `redis cluster`: session
+and user reads from replicas, AI and voice from masters, as the reader does
+on a cluster (README, "Reads on a cluster").
 
 A read the reader could not answer (`CacheUnavailableError`: neither Redis nor
 PostgreSQL in time, e.g. PostgreSQL's pool saturated by 3 000 users) is a
@@ -42,6 +46,8 @@ from streams.tools.bench.stats import Latency
 
 Kind = Literal["session", "ai", "voice"]
 KINDS: tuple[Kind, ...] = ("session", "ai", "voice")
+CLUSTER_READS = "redis cluster"
+"""The source label of the reads from the local Redis Cluster (`Bench.reads_on_cluster`)."""
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 """Nothing listens on TCP port 1: every Redis call fails at once."""
 
@@ -201,8 +207,11 @@ async def run_reads(
     concurrency: tuple[int, ...],
     seconds: float,
     think_s: float = 1.0,
+    sources: tuple[str, ...] = ("redis", "postgres"),
 ) -> list[ReadLevel]:
-    """Every concurrency from Redis, then every concurrency from PostgreSQL.
+    """Every concurrency from each of `sources`, in that order: `redis` (the reader
+    as `settings` build it: one Redis, or whatever topology they name), `postgres`
+    (its fallback alone), or another label for the first kind (`redis cluster`).
 
     The benchmark process still holds the earlier phases' bookkeeping (hundreds
     of thousands of objects); frozen out of the garbage collector's reach, its
@@ -211,27 +220,32 @@ async def run_reads(
     gc.collect()
     gc.freeze()
     try:
-        return await _run_reads(settings, targets, concurrency, seconds, think_s)
+        levels: list[ReadLevel] = []
+        for source in sources:
+            levels += await _run_source(settings, source, targets, concurrency, seconds, think_s)
+        return levels
     finally:
         gc.unfreeze()
 
 
-async def _run_reads(
+async def _run_source(
     settings: Settings,
+    source: str,
     targets: ReadTargets,
     concurrency: tuple[int, ...],
     seconds: float,
     think_s: float,
 ) -> list[ReadLevel]:
-    levels: list[ReadLevel] = []
-    async with redis_reader(settings) as reader:
-        for users in concurrency:
-            levels.append(await run_level(reader, "redis", targets, users, seconds, think_s))
-    reader = await postgres_reader(settings)
-    try:
+    if source == "postgres":
+        reader = await postgres_reader(settings)
         await reader.get_session(targets.sessions[0])  # opens the breaker
-        for users in concurrency:
-            levels.append(await run_level(reader, "postgres", targets, users, seconds, think_s))
+    else:
+        reader = redis_reader(settings)
+        await reader.start()
+    try:
+        return [
+            await run_level(reader, source, targets, users, seconds, think_s)
+            for users in concurrency
+        ]
     finally:
         await reader.close()
-    return levels

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from streams.tools.bench.freshness import Freshness
 from streams.tools.bench.memory import MemoryFigure
-from streams.tools.bench.reads import KINDS, ReadLevel
+from streams.tools.bench.reads import CLUSTER_READS, KINDS, ReadLevel
 from streams.tools.bench.sink import SinkFigure
 from streams.tools.bench.stats import finite, ratio
 from streams.tools.bench.throughput import Throughput
@@ -146,6 +146,14 @@ def _p99_by_kind(levels: list[ReadLevel], source: str) -> dict[str, dict[str, fl
     }
 
 
+def _p99_at(levels: list[ReadLevel], source: str, kind: str) -> float:
+    """A kind's read p99 (ms) from `source` at `READ_TARGET_USERS` users; NaN if not run."""
+    for level in levels:
+        if level.source == source and level.users == READ_TARGET_USERS and kind in level.latency:
+            return level.latency[kind].p99_ms
+    return math.nan
+
+
 def build_report(r: Results) -> dict[str, Any]:
     """The JSON document of a run (`bench.json`)."""
     runs = [t for t in (r.ours, r.ours_multi) if t is not None]
@@ -173,6 +181,14 @@ def build_report(r: Results) -> dict[str, Any]:
         "freshness_p99_ms": {str(f.rate): _num(f.latency.p99_ms) for f in r.freshness},
         "read_p99_ms": _p99_by_kind(r.reads, "redis"),
         "postgres_read_p99_ms": _p99_by_kind(r.reads, "postgres"),
+        "cluster_read_p99_ms": _p99_by_kind(r.reads, CLUSTER_READS),
+        "cluster_read_p99_vs_single": {
+            kind: _num(
+                ratio(_p99_at(r.reads, CLUSTER_READS, kind), _p99_at(r.reads, "redis", kind)), 2
+            )
+            for kind in KINDS
+        },
+        "ours_cluster_vs_single": _num(ratio(_rate(r.ours_cluster), _rate(r.ours)), 2),
         "redis_bytes_per_session": _num(r.sessions.bytes_per_entry, 1) if r.sessions else None,
         "worker_peak_rss_mb": _num(r.ours.peak_rss_mb, 1) if r.ours else None,
         "throughput": {
@@ -335,6 +351,14 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("events/s ceiling (consume + decode only)", _fmt(report["ceiling_events_per_s"])),
         ("worker start-up before the first batch (s)", _fmt((t["ours"] or {}).get("startup_s"))),
         ("worker peak RSS, 1 process (MB)", _fmt(report["worker_peak_rss_mb"])),
+        ("events/s, 1 process, Redis Cluster ÷ one Redis", _fmt(report["ours_cluster_vs_single"])),
+        *(
+            (
+                f"{kind} read p99 at {READ_TARGET_USERS} users, Redis Cluster ÷ one Redis",
+                _fmt(report["cluster_read_p99_vs_single"][kind]),
+            )
+            for kind in KINDS
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value, "", "")

@@ -8,18 +8,20 @@
    counted);
 2. a live worker: freshness at each rate, then the memory data sets
    (sessions, AI responses, 100 KB voice clips), then, with the worker
-   stopped, the reads of those same entries;
+   stopped, the reads of those same entries, from Redis, from PostgreSQL, and
+   (replayed into it) from the local Redis Cluster;
 3. everything dropped: databases, Redis dbs, topics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,8 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 
+from streams.cluster_masters import wait_replicated
+from streams.read.replay import replay
 from streams.redis_targets import RedisTargets
 from streams.security import redis_options
 from streams.settings import Settings
@@ -36,7 +40,7 @@ from streams.tools.bench.env import BenchEnv, delete_topics
 from streams.tools.bench.kafka import fast_producer, send_all
 from streams.tools.bench.live import LiveWorker
 from streams.tools.bench.memory import MemoryFigure, mean_key_bytes, used_memory
-from streams.tools.bench.reads import ReadTargets, run_reads
+from streams.tools.bench.reads import CLUSTER_READS, ReadTargets, run_reads
 from streams.tools.bench.report import Results, build_report
 from streams.tools.bench.sink import run_sink
 from streams.tools.bench.workload import (
@@ -48,8 +52,9 @@ from streams.tools.bench.workload import (
     open_sessions,
     voice_misses,
 )
-from streams.tools.stack.cluster import ClusterTopology, cluster_env
+from streams.tools.stack.cluster import ClusterTopology, cluster_env, cluster_lock
 from streams.tools.stack.common import StackError
+from streams.worker.runtime import open_pool
 
 Progress = Callable[[str], None]
 PHASES = ("throughput", "freshness", "memory", "reads", "sink")
@@ -169,39 +174,50 @@ class Bench:
             )
         return build_report(self.results)
 
+    @contextlib.asynccontextmanager
+    async def _cluster(self, what: str) -> AsyncIterator[bool]:
+        """Whether the local Redis Cluster runs (started if needed, and stopped again at
+        the end if this started it); False when it cannot be started (`what` is
+        skipped, and said so). Holds `cluster_lock` throughout."""
+        topology = ClusterTopology(self.base)
+        with contextlib.ExitStack() as held:  # not while a test session flushes it
+            await asyncio.to_thread(held.enter_context, cluster_lock(topology.home, 600))
+            was_running = topology.running()
+            try:
+                await asyncio.to_thread(topology.up)
+            except StackError as exc:
+                self.progress(f"no Redis Cluster, {what} skipped: {exc}")
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                if not was_running:
+                    await asyncio.to_thread(topology.down)
+
     async def _ours_on_cluster(self, prefix: str, expected: Expected) -> None:
         """One worker with every key family on the local Redis Cluster (design layout),
-        on the same preloaded topics; the cluster is started if needed, its masters
-        flushed before and after, and stopped again if this run started it."""
+        on the same preloaded topics."""
         c, r = self.config, self.results
-        topology = ClusterTopology(self.base)
-        was_running = topology.running()
-        try:
-            await asyncio.to_thread(topology.up)
-        except StackError as exc:
-            self.progress(f"no Redis Cluster, its run is skipped: {exc}")
-            return
-        env = await BenchEnv.create(
-            self.base, self.run, "cluster", self.redis_db, topic_prefix=prefix, **cluster_env()
-        )
-        flush = RedisTargets.from_settings(env.settings)
-        try:
-            await _flush_cluster(flush)
-            self.progress("ours: one worker, every key family on the Redis Cluster")
-            r.ours_cluster = await tp.run_ours(
-                env,
-                expected,
-                c.events,
-                self.logs / "throughput-cluster.log",
-                c.timeout_s,
-                self.loop,
+        async with self._cluster("its throughput run is") as running:
+            if not running:
+                return
+            env = await BenchEnv.create(
+                self.base, self.run, "cluster", self.redis_db, topic_prefix=prefix, **cluster_env()
             )
-        finally:
-            await _flush_cluster(flush)
-            await flush.aclose()
-            await env.drop()
-            if not was_running:
-                await asyncio.to_thread(topology.down)
+            try:
+                async with _flushed_cluster(env.settings):
+                    self.progress("ours: one worker, every key family on the Redis Cluster")
+                    r.ours_cluster = await tp.run_ours(
+                        env,
+                        expected,
+                        c.events,
+                        self.logs / "throughput-cluster.log",
+                        c.timeout_s,
+                        self.loop,
+                    )
+            finally:
+                await env.drop()
 
     # --- 1. throughput --------------------------------------------------------------
     async def throughput(self) -> None:
@@ -294,6 +310,7 @@ class Bench:
                 live.stop_worker()
                 if "reads" in phases and targets is not None:
                     await self.reads(env.settings, targets)
+                    await self.reads_on_cluster(env, targets)
         finally:
             await env.drop()
             await delete_topics(self.base, env.settings.topic_prefix)
@@ -347,6 +364,30 @@ class Bench:
         )
         self.results.reads = await run_reads(settings, targets, c.concurrency, c.read_s, c.think_s)
 
+    async def reads_on_cluster(self, env: BenchEnv, targets: ReadTargets) -> None:
+        """The same reads from the local Redis Cluster (design layout), after a replay
+        of `env`'s database into it and a WAIT for its replicas."""
+        c = self.config
+        async with self._cluster("its reads are") as running:
+            if not running:
+                return
+            settings = env.settings_with(**cluster_env())
+            async with _flushed_cluster(settings) as redis:
+                self.progress("reads: replaying the same entries into the Redis Cluster")
+                pool = await open_pool(settings)
+                try:
+                    await replay(pool, redis, settings, show_progress=False)
+                finally:
+                    await pool.close()
+                await _wait_replicas(redis)
+                self.progress(
+                    f"reads: {', '.join(map(str, c.concurrency))} users × {c.read_s:.0f} s,"
+                    " Redis Cluster"
+                )
+                self.results.reads += await run_reads(
+                    settings, targets, c.concurrency, c.read_s, c.think_s, sources=(CLUSTER_READS,)
+                )
+
 
 def _hit_rates(workload: Workload) -> dict[str, float]:
     e = workload.expected
@@ -356,8 +397,30 @@ def _hit_rates(workload: Workload) -> dict[str, float]:
     }
 
 
+@contextlib.asynccontextmanager
+async def _flushed_cluster(settings: Settings) -> AsyncIterator[RedisTargets]:
+    """The Redis targets of `settings`, every cluster master among them emptied
+    (FLUSHALL: a cluster has db 0 only) before and after."""
+    targets = RedisTargets.from_settings(settings)
+    try:
+        await _flush_cluster(targets)
+        yield targets
+        await _flush_cluster(targets)
+    finally:
+        await targets.aclose()
+
+
 async def _flush_cluster(targets: RedisTargets) -> None:
-    """FLUSHALL on every master of the cluster targets (a cluster has db 0 only)."""
     for _, client in targets.distinct():
         if isinstance(client, RedisCluster):
             await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+
+
+async def _wait_replicas(targets: RedisTargets) -> None:
+    """Until every cluster replica has what its master holds: session reads go to
+    replicas, and a key still on its way would be read from PostgreSQL."""
+    for _, client in targets.distinct():
+        if isinstance(client, RedisCluster):
+            for master, (acked, want) in (await wait_replicated(client)).items():
+                if acked < want:
+                    raise RuntimeError(f"master {master}: {acked} of {want} replicas caught up")

@@ -127,6 +127,14 @@ def cluster_url() -> str:
     return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in cluster_nodes())
 
 
+def cluster_lock(home: Path, timeout_s: float = 240) -> contextlib.AbstractContextManager[None]:
+    """Held by whoever empties the local cluster's masters (FLUSHALL) or moves its
+    slots: a test session on it, a cluster test module, `rpcache bench`. Two at
+    once would wipe each other's keys. `home`: `ClusterTopology.home`. Waits up
+    to `timeout_s` for another holder, then raises TimeoutError."""
+    return file_lock(home / ".tests.lock", timeout_s, "a test session or a bench on the cluster")
+
+
 def cluster_env() -> dict[str, str]:
     """The settings that point every family at this cluster, in the design layout."""
     url = cluster_url()

@@ -142,11 +142,23 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes, e.g. two `stack up` at once."""
+def file_lock(path: Path, timeout_s: float | None = None, holder: str = "") -> Iterator[None]:
+    """An exclusive lock between processes (`flock` on `path`), e.g. two `stack up`
+    at once. Waits for another holder forever, or up to `timeout_s` and then
+    raises TimeoutError naming `path` and who else (`holder`) may hold it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{path} still held after {timeout_s:g} s{f' ({holder})' if holder else ''}"
+                    ) from None
+                time.sleep(0.5)
         try:
             yield
         finally:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Literal, NamedTuple
+from zoneinfo import ZoneInfo
 
 from schemas.hashing import H
 from schemas.slots import SlotRange, first_tag, tag_table
@@ -115,6 +116,12 @@ def format_utc(moment: datetime) -> str:
 
 def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def business_day(moment: datetime, tz: ZoneInfo) -> date:
+    """The calendar day of `moment` in the business time zone (BUSINESS_TZ): the day
+    of `stats_key` and of the daily quotas (SPEC §4)."""
+    return moment.astimezone(tz).date()
 
 
 # --- key families and the design's slot layout (SPEC §8) ------------------------

@@ -27,6 +27,7 @@ from schemas.keys import (
     VOICE_TTL,
     MetricName,
     ai_response_key_for_hash,
+    business_day,
     epoch_ms,
     format_utc,
     metrics_key,
@@ -47,7 +48,6 @@ from streams.model import (
     UserState,
 )
 from streams.reducers.caches import LatencyPoint
-from streams.reducers.sessions import business_day
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,13 +29,13 @@ from datetime import datetime
 import asyncpg
 from redis.asyncio import Redis
 
+from schemas.keys import business_day
 from schemas.messages import AlertLevel, AlertMessage, AlertState
 from streams.health import ConnectionHealth
 from streams.model import DayFigures, Publish
 from streams.observe.redis_info import read_targets, worst
 from streams.projections import day_figures
 from streams.redis_targets import RedisTargets, as_targets
-from streams.reducers.sessions import business_day
 from streams.settings import Settings
 from streams.store import alerts as alert_store
 from streams.store import postgres as pg

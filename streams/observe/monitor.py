@@ -40,6 +40,7 @@ from schemas.keys import (
     SESSION_TTL,
     SOURCE_TOPICS,
     MetricName,
+    business_day,
     format_utc,
     metrics_key,
     topic_name,
@@ -61,7 +62,6 @@ from streams.observe.metrics import (
 from streams.observe.redis_info import read_targets, worst
 from streams.projections import day_figures
 from streams.redis_targets import Client, RedisTargets
-from streams.reducers.sessions import business_day
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.store import alerts as alert_store

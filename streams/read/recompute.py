@@ -21,6 +21,7 @@ import asyncpg
 from schemas.keys import (
     SESSION_TTL,
     ai_response_key_for_hash,
+    business_day,
     session_key,
     user_state_key,
     voice_key_for_hash,
@@ -40,7 +41,6 @@ from streams.projections import (
     user_day,
 )
 from streams.reducers.caches import LatencyPoint, latency_member
-from streams.reducers.sessions import business_day
 from streams.settings import Settings
 from streams.store import caches, reads
 from streams.store import postgres as pg

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from schemas.events import AiFailed, AiResponse, Event, VoiceFailed, VoiceSynthesized
 from schemas.hashing import H
-from schemas.keys import MetricName
+from schemas.keys import MetricName, business_day
 from streams.model import (
     AI_FAILED,
     AI_HITS,
@@ -28,7 +28,6 @@ from streams.model import (
     AiEntry,
     VoiceEntry,
 )
-from streams.reducers.sessions import business_day
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from schemas.events import (
     SessionUpdated,
     UserLogin,
 )
-from schemas.keys import SESSION_TTL
+from schemas.keys import SESSION_TTL, business_day
 from streams.model import SESSIONS_STARTED, SessionState, UserState
 
 
@@ -49,11 +49,6 @@ class SessionChanges:
 class _Ctx:
     changes: SessionChanges
     tz: ZoneInfo
-
-
-def business_day(moment: datetime, tz: ZoneInfo) -> date:
-    """The calendar day of `moment` in the business time zone."""
-    return moment.astimezone(tz).date()
 
 
 def reduce_session_events(

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from schemas.keys import (
     ai_response_key,
+    business_day,
     metrics_key,
     session_key,
     stats_key,
@@ -32,7 +33,6 @@ from schemas.keys import (
     voice_key,
 )
 from streams.publisher import EventPublisher
-from streams.reducers.sessions import business_day
 from streams.settings import Settings, get_settings
 from streams.store import postgres as pg
 from streams.store import progress

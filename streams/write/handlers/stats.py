@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from schemas.keys import SESSION_TTL
+from schemas.keys import SESSION_TTL, business_day
 from streams.projections import RedisOp, figures_of_days, project_stats, stats_fields
-from streams.reducers.sessions import business_day
 from streams.store.base import Tx
 from streams.store.postgres import Connection
 from streams.store.postgres_store import as_tx

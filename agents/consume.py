@@ -8,11 +8,20 @@ worker stopped or killed mid-batch never lets Faust commit past it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from streams.write.pipeline import BatchPipeline, RawMessage
+from streams.model import BatchOutcome
+from streams.write.pipeline import RawMessage
 
 log = logging.getLogger(__name__)
+
+
+class BatchProcessor(Protocol):
+    """What an agent hands its batches to: `streams.write.pipeline.BatchPipeline`
+    (the benchmark's Faust floor hands them to one that discards them)."""
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome: ...
 
 
 def raw_message(event: Any) -> RawMessage:
@@ -26,7 +35,7 @@ def raw_message(event: Any) -> RawMessage:
     )
 
 
-async def consume(stream: Any, pipeline: BatchPipeline, max_events: int, within_s: float) -> None:
+async def consume(stream: Any, pipeline: BatchProcessor, max_events: int, within_s: float) -> None:
     async for events in stream.noack_take(max_events, within=within_s):
         outcome = await pipeline.process([raw_message(e) for e in events])
         for event in events:

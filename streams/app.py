@@ -17,12 +17,12 @@ from typing import Any
 import faust
 
 from agents import agent_for
-from schemas.keys import AGENT_TOPICS, DEAD_LETTER_TOPIC, topic_name
+from schemas.keys import AGENT_TOPICS, DEAD_LETTER_TOPIC
 from streams.observe import web
 from streams.observe.monitor import Monitor
 from streams.read.warmup import warmup
-from streams.security import faust_credentials
 from streams.settings import get_settings
+from streams.worker.faust_options import faust_options, raw_topic
 from streams.worker.kafka_transport import Transport as KafkaTransport
 from streams.worker.preflight import exit_unless_admitted
 from streams.worker.runtime import Runtime
@@ -30,9 +30,6 @@ from streams.worker.timers import TIMERS, heartbeat_stopped, write_beat
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""Broker `message.max.bytes` of the stack and docker-compose."""
 
 
 class RpcacheApp(faust.App):
@@ -48,6 +45,11 @@ class RpcacheApp(faust.App):
         await super().on_first_start()
         await exit_unless_admitted(settings, settings.check_timeout_s)
         self.runtime = await Runtime.start(settings, self._publish)
+        try:  # a fresh Redis beside a fresh database lost nothing (streams/read/rebuild.py)
+            if settings.auto_rebuild and await self.runtime.watch.mark_fresh():
+                log.info("fresh start: PostgreSQL holds nothing yet; Redis marked as loaded")
+        except Exception:  # the leader's check decides later, as it would have
+            log.exception("could not mark a fresh Redis at start")
         # From now on `rpcache check` and /dashboard see this run, not the row
         # the previous one left ("stopped", its old pid).
         await write_beat(self.runtime, starting=True)
@@ -90,47 +92,17 @@ class RpcacheApp(faust.App):
             await runtime.close()
 
 
-app = RpcacheApp(
-    settings.app_id,
-    broker=[f"kafka://{server}" for server in settings.kafka_servers],
-    store="memory://",
-    datadir=settings.worker_data_dir,
-    key_serializer="raw",
-    value_serializer="raw",
-    topic_partitions=settings.topic_partitions,
-    topic_allow_declare=True,
-    consumer_auto_offset_reset="earliest",
-    producer_acks=-1,
-    producer_max_request_size=MAX_MESSAGE_BYTES,
-    consumer_max_fetch_size=MAX_MESSAGE_BYTES,
-    broker_commit_interval=1.0,
-    broker_session_timeout=settings.kafka_session_timeout_s,
-    broker_heartbeat_interval=settings.kafka_session_timeout_s / 5,
-    broker_rebalance_timeout=settings.kafka_session_timeout_s * 2,
-    web_enabled=settings.worker_web_enabled,
-    web_port=settings.worker_web_port,
-    web_bind=settings.worker_web_bind,
-    web_in_thread=False,
-    broker_credentials=faust_credentials(settings),
-)
+app = RpcacheApp(settings.app_id, **faust_options(settings))
 
 
 web.install(app)  # /metrics, /dashboard, /dashboard.json
 
 
-def _raw_topic(suffix: str) -> Any:
-    return app.topic(
-        topic_name(settings.topic_prefix, suffix),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-
-
-source_topics = {name: _raw_topic(suffix) for name, suffix in AGENT_TOPICS.items()}
+source_topics = {
+    name: raw_topic(app, settings.topic_prefix, suffix) for name, suffix in AGENT_TOPICS.items()
+}
 """The source topic of each agent, by agent name."""
-dead_letter_topic = _raw_topic(DEAD_LETTER_TOPIC)
+dead_letter_topic = raw_topic(app, settings.topic_prefix, DEAD_LETTER_TOPIC)
 
 for _name, _topic in source_topics.items():
     app.agent(_topic, name=_name)(agent_for(_name))

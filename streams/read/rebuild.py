@@ -18,6 +18,14 @@ to a slot that master served when its loss was noticed; the other masters
 are not written. A live reshard that moves the slot of a master's marker
 away makes that master look empty: it is rebuilt once (harmless: values are
 absolute), and `rpcache check` reports the reshard.
+
+A fresh start is not a loss. With a new Redis and a new database, the marker
+is absent as well, and the first check (the leader's timer, a few seconds
+after the agents began) would "rebuild" what the worker has just projected
+and raise the rebuild alert. So at start, before the agents consume, every
+worker with AUTO_REBUILD on (the marker is the rebuild's) calls `mark_fresh`: when PostgreSQL holds nothing any key is computed
+from, the marker is set wherever it is missing (SET NX), and nothing is
+replayed. Any row in PostgreSQL leaves the decision to the check.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from streams.read.recompute import KEY_KINDS, KeyFilter
 from streams.read.replay import ReplaySummary, replay
 from streams.redis_targets import REPLAY_KINDS, KeyFamily, RedisTargets, as_targets
 from streams.settings import Settings
+from streams.store import reads
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +160,33 @@ class RedisWatch:
         if failure is not None:
             raise failure
         return bool(lost)
+
+    async def mark_fresh(self) -> bool:
+        """Set each target's marker (each master's, on a cluster) where it is missing,
+        if PostgreSQL holds nothing a key is computed from; True if it did (module
+        docstring). Raises what asyncpg or redis-py raise (the caller retries)."""
+        async with self.pool.acquire() as conn:
+            if not await reads.nothing_to_project(conn):
+                return False
+        for _, client in self.targets.distinct():
+            if isinstance(client, RedisCluster):
+                for master in await cluster_masters(cluster=client):
+                    info = await client.info("server", target_nodes=master.node)
+                    await client.set(
+                        marker_key(master),
+                        self._marker(str(info["run_id"])),
+                        ex=LOADED_MARKER_TTL,
+                        nx=True,
+                    )
+            else:
+                info = await client.info("server")
+                await client.set(
+                    LOADED_MARKER_KEY,
+                    self._marker(str(info["run_id"])),
+                    ex=LOADED_MARKER_TTL,
+                    nx=True,
+                )
+        return True
 
     def _kinds(self, families: tuple[KeyFamily, ...]) -> list[str]:
         kinds = {kind for family in families for kind in REPLAY_KINDS[family]}

@@ -23,6 +23,16 @@ from streams.store.postgres import (
     user_from_row,
 )
 
+PROJECTED_TABLES = ("events", "sessions", "users", "daily_counters", "ai_responses", "voice_clips")
+"""The tables any Redis key is computed from (recompute's sources)."""
+
+
+async def nothing_to_project(conn: Connection) -> bool:
+    """True when no table a Redis key comes from has a row (a fresh database): Redis
+    cannot have lost anything of rpcache's yet. One statement, an index probe each."""
+    probes = " OR ".join(f"EXISTS (SELECT 1 FROM {table})" for table in PROJECTED_TABLES)
+    return not await conn.fetchval(f"SELECT {probes}")
+
 
 async def open_sessions(
     conn: Connection, since: datetime | None, now: datetime

@@ -146,9 +146,10 @@ async def test_worker_rebuilds_redis_by_itself_after_a_restart(test_env: dict[st
         del after[LOADED_MARKER_KEY]
         assert_same(before, after, ttl_tolerance_ms=5000)
 
-        alerts = await read_alerts(run.settings, "redis_rebuild", 4)
-        # once at first start (no marker yet), once after the restart
-        assert [a["state"] for a in alerts][-2:] == ["firing", "resolved"]
+        alerts = await read_alerts(run.settings, "redis_rebuild", 2)
+        # After the restart only: the first start, on a fresh database, marked Redis as
+        # loaded instead of "rebuilding" what the worker had projected (rebuild.py).
+        assert [a["state"] for a in alerts] == ["firing", "resolved"]
         assert alerts[-1]["value"] >= len(before) - 6  # keys written (metrics: one per window)
 
 

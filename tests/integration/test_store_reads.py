@@ -17,7 +17,7 @@ from streams.projections import Delete, StringWrite
 from streams.read import recompute
 from streams.read.warmup import warmup
 from streams.settings import Settings, get_settings
-from streams.store import caches
+from streams.store import caches, reads
 from streams.worker.runtime import open_pool
 from tests.integration.conftest import RUN, _with_db
 from tests.integration.conftest import test_redis as redis_client
@@ -101,3 +101,17 @@ async def test_every_reader_projects_only_clips_with_audio_and_cached_at(
     finally:
         await redis.flushdb()
         await redis.aclose()
+
+
+async def test_nothing_to_project_holds_only_while_every_source_table_is_empty(
+    clips: tuple[Settings, asyncpg.Pool],
+) -> None:
+    """The fresh-start rule of the data-loss marker (streams/read/rebuild.py): a row in
+    any table a key comes from, not only the event log, means Redis may have lost it."""
+    _, pool = clips
+    async with pool.acquire() as conn:
+        assert not await reads.nothing_to_project(conn)  # voice_clips rows, no event
+        await conn.execute("DELETE FROM voice_clips")
+        assert await reads.nothing_to_project(conn)
+        for table in reads.PROJECTED_TABLES:  # every name is a table of the schema
+            assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)

@@ -209,6 +209,7 @@ def _cpu_results() -> Results:
         batched=Throughput(60_000, 6.0, True, worker_cpu_s=2.4, postgres_cpu_s=1.2),
         baseline=Throughput(6_000, 10.0, False, worker_cpu_s=3.0, postgres_cpu_s=6.0),
         ceiling=Throughput(60_000, 1.5, True, worker_cpu_s=1.2),
+        faust_floor=Throughput(60_000, 4.0, True, worker_cpu_s=1.8),
     )
 
 
@@ -243,6 +244,10 @@ def test_report_compares_every_run_with_the_hand_batched_baseline() -> None:
     assert t["baseline"]["postgres_cpu_us_per_event"] == 1000.0
     assert t["ceiling"]["of_ceiling"] == 1.0
     assert t["ceiling"]["postgres_cpu_us_per_event"] is None  # not measured
+    # what Faust alone costs, and what is left for rpcache's own pipeline
+    assert report["faust_floor_cpu_us_per_event"] == 30.0
+    assert report["pipeline_cpu_us_per_event"] == 50.0
+    assert t["faust_floor"]["events_per_s"] == 15_000.0
     orjson.dumps(report)
 
 
@@ -271,6 +276,7 @@ def test_the_throughput_table_has_a_row_per_run() -> None:
         "ceiling",
         "ours, 1 process",
         "ours, --processes 2",
+        "Faust floor (agents + acks, nothing behind)",
         "hand-batched",
         "naive (capped)",
     ]
@@ -287,7 +293,7 @@ def test_the_throughput_table_has_a_row_per_run() -> None:
     assert by_run["naive (capped)"][-1] == "1,000 (50.00×)"
     one = _cpu_results()
     one.ours_multi = None
-    assert len(throughput_rows(build_report(one))) == 4  # no --processes run
+    assert len(throughput_rows(build_report(one))) == 5  # no --processes run
 
 
 def test_proc_stat_fields_come_after_the_last_parenthesis() -> None:

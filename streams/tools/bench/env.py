@@ -136,18 +136,28 @@ class WorkerProcess:
     """A `python -m streams.cli worker` child process with its log file."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, loop: str | None = None, processes: int = 1
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        loop: str | None = None,
+        processes: int = 1,
+        app: str | None = None,
     ) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.loop = loop
         self.processes = processes
+        self.app = app
+        """Another Faust app to run (`faust -A <app> worker`) instead of rpcache's worker."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         """time.time() when the process was launched."""
 
     @property
     def command(self) -> list[str]:
+        if self.app is not None:
+            return [sys.executable, "-m", "faust", "-A", self.app, "worker", "--loglevel",
+                    "info", "--without-web"]  # fmt: skip
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
         if self.processes > 1:
             cmd += ["--processes", str(self.processes)]

@@ -51,6 +51,8 @@ class Results:
     """One worker process."""
     ours_multi: Throughput | None = None
     ours_cluster: Throughput | None = None
+    faust_floor: Throughput | None = None
+    """Faust alone (streams/tools/bench/faust_floor.py): its CPU per event bounds ours."""
     """One worker process with every key family on the local Redis Cluster (design layout)."""
     """`rpcache worker --processes N` (one per core), when the machine has several.
     The headline `events_per_s` is the faster of the two."""
@@ -177,6 +179,8 @@ def build_report(r: Results) -> dict[str, Any]:
         "ours_processes_vs_batched": _num(ratio(multi, batched), 3),
         "ours_processes_vs_ceiling": _num(ratio(multi, ceiling), 3),
         "worker_cpu_us_per_event": _num(_worker_us(r.ours), 1),
+        "faust_floor_cpu_us_per_event": _num(_worker_us(r.faust_floor), 1),
+        "pipeline_cpu_us_per_event": _num(_worker_us(r.ours) - _worker_us(r.faust_floor), 1),
         "postgres_cpu_us_per_event": _num(_postgres_us(r.ours), 1),
         "freshness_p99_ms": {str(f.rate): _num(f.latency.p99_ms) for f in r.freshness},
         "read_p99_ms": _p99_by_kind(r.reads, "redis"),
@@ -196,6 +200,7 @@ def build_report(r: Results) -> dict[str, Any]:
             "ours": _throughput(r.ours, r.batched, r.ceiling),
             "ours_processes": _throughput(r.ours_multi, r.batched, r.ceiling),
             "ours_cluster": _throughput(r.ours_cluster, r.batched, r.ceiling),
+            "faust_floor": _throughput(r.faust_floor, r.batched, r.ceiling),
             "batched": _throughput(r.batched, r.batched, r.ceiling),
             "baseline": _throughput(r.baseline, r.batched, r.ceiling),
             "ceiling": _throughput(r.ceiling, r.batched, r.ceiling),
@@ -352,6 +357,11 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("worker start-up before the first batch (s)", _fmt((t["ours"] or {}).get("startup_s"))),
         ("worker peak RSS, 1 process (MB)", _fmt(report["worker_peak_rss_mb"])),
         ("events/s, 1 process, Redis Cluster ÷ one Redis", _fmt(report["ours_cluster_vs_single"])),
+        ("worker CPU per event: Faust floor (µs)", _fmt(report["faust_floor_cpu_us_per_event"])),
+        (
+            "worker CPU per event: rpcache's pipeline (1 process − floor, µs)",
+            _fmt(report["pipeline_cpu_us_per_event"]),
+        ),
         *(
             (
                 f"{kind} read p99 at {READ_TARGET_USERS} users, Redis Cluster ÷ one Redis",
@@ -411,6 +421,7 @@ def throughput_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         ("ours, 1 process", "ours"),
         (f"ours, --processes {multi.get('processes', '')}", "ours_processes"),
         ("ours, 1 process, Redis Cluster", "ours_cluster"),
+        ("Faust floor (agents + acks, nothing behind)", "faust_floor"),
         ("hand-batched", "batched"),
         ("naive", "baseline"),
     )

@@ -21,7 +21,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,24 +225,7 @@ class Bench:
         env = await BenchEnv.create(self.base, self.run, "tp", self.redis_db)
         prefix = env.settings.topic_prefix
         try:
-            workload = Workload(self.run, users=c.users)
-            self.progress(f"preloading {c.events:,} events")
-            producer = fast_producer(env.settings)
-            await producer.start()
-            started = time.monotonic()
-            try:
-                await send_all(producer, prefix, workload.messages(c.events))
-            finally:
-                await producer.stop()
-            expected = workload.expected
-            r.workload = {
-                "events": c.events,
-                "users": c.users,
-                "types": dict(expected.types),
-                "audio_mb": round(expected.audio_bytes / 1e6, 1),
-                "preload_s": round(time.monotonic() - started, 2),
-            }
-            r.workload.update(_hit_rates(workload))
+            expected = await self._preload(env, prefix)
             self.progress("ceiling: consume + decode only")
             r.ceiling = await tp.run_ceiling(env, prefix, c.events, c.timeout_s)
             self.progress(f"ours: worker until PostgreSQL and Redis hold all {c.events:,}")
@@ -250,50 +233,90 @@ class Bench:
                 env, expected, c.events, self.logs / "throughput-worker.log", c.timeout_s, self.loop
             )
             await env.drop()  # frees Redis for the next copy
+            r.faust_floor = await self._on_topics(
+                "floor",
+                prefix,
+                self.redis_db,
+                "Faust floor: the worker's agents and acks, batches discarded",
+                lambda e: tp.run_faust_floor(
+                    e, prefix, c.events, self.logs / "throughput-floor.log", c.timeout_s
+                ),
+            )
             if self.processes > 1:
-                multi_env = await BenchEnv.create(
-                    self.base, self.run, "multi", self.redis_db, topic_prefix=prefix
-                )
-                try:
-                    self.progress(
-                        f"ours: the same with `rpcache worker --processes {self.processes}`"
-                    )
-                    r.ours_multi = await tp.run_ours(
-                        multi_env,
+                r.ours_multi = await self._on_topics(
+                    "multi",
+                    prefix,
+                    self.redis_db,
+                    f"ours: the same with `rpcache worker --processes {self.processes}`",
+                    lambda e: tp.run_ours(
+                        e,
                         expected,
                         c.events,
                         self.logs / "throughput-workers.log",
                         c.timeout_s,
                         self.loop,
                         processes=self.processes,
-                    )
-                finally:
-                    await multi_env.drop()
+                    ),
+                )
             await self._ours_on_cluster(prefix, expected)
-            batched_env = await BenchEnv.create(
-                self.base, self.run, "batched", self.redis_db + 1, topic_prefix=prefix
+            r.batched = await self._on_topics(
+                "batched",
+                prefix,
+                self.redis_db + 1,
+                f"hand-batched baseline: getmany ≤ {tp.BATCH_RECORDS:,},"
+                " executemany + pipeline per batch",
+                lambda e: tp.run_batched(e, prefix, c.events, c.timeout_s),
             )
-            try:
-                self.progress(
-                    f"hand-batched baseline: getmany ≤ {tp.BATCH_RECORDS:,},"
-                    " executemany + pipeline per batch"
-                )
-                r.batched = await tp.run_batched(batched_env, prefix, c.events, c.timeout_s)
-            finally:
-                await batched_env.drop()
-            base_env = await BenchEnv.create(
-                self.base, self.run, "naive", self.redis_db + 1, topic_prefix=prefix
+            r.baseline = await self._on_topics(
+                "naive",
+                prefix,
+                self.redis_db + 1,
+                f"naive baseline: per-event consumer (at most {c.baseline_cap_s:.0f} s)",
+                lambda e: tp.run_baseline(e, prefix, c.events, c.baseline_cap_s),
             )
-            try:
-                self.progress(
-                    f"naive baseline: per-event consumer (at most {c.baseline_cap_s:.0f} s)"
-                )
-                r.baseline = await tp.run_baseline(base_env, prefix, c.events, c.baseline_cap_s)
-            finally:
-                await base_env.drop()
         finally:
             await env.drop()
             await delete_topics(self.base, prefix)
+
+    async def _preload(self, env: BenchEnv, prefix: str) -> Expected:
+        """Produce the workload's events once, for every throughput run."""
+        c, r = self.config, self.results
+        workload = Workload(self.run, users=c.users)
+        self.progress(f"preloading {c.events:,} events")
+        producer = fast_producer(env.settings)
+        await producer.start()
+        started = time.monotonic()
+        try:
+            await send_all(producer, prefix, workload.messages(c.events))
+        finally:
+            await producer.stop()
+        expected = workload.expected
+        r.workload = {
+            "events": c.events,
+            "users": c.users,
+            "types": dict(expected.types),
+            "audio_mb": round(expected.audio_bytes / 1e6, 1),
+            "preload_s": round(time.monotonic() - started, 2),
+        }
+        r.workload.update(_hit_rates(workload))
+        return expected
+
+    async def _on_topics(
+        self,
+        name: str,
+        prefix: str,
+        redis_db: int,
+        what: str,
+        run: Callable[[BenchEnv], Awaitable[tp.Throughput]],
+    ) -> tp.Throughput:
+        """`run` on an env of its own (database, Redis db, consumer group) reading the
+        preloaded topics `prefix…`; the env dropped afterwards."""
+        env = await BenchEnv.create(self.base, self.run, name, redis_db, topic_prefix=prefix)
+        try:
+            self.progress(what)
+            return await run(env)
+        finally:
+            await env.drop()
 
     # --- 2. a live worker: freshness, memory, reads -------------------------------------
     async def live(self, phases: tuple[str, ...]) -> None:

@@ -50,6 +50,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from schemas.events import Event, Rejection, decode_event
@@ -71,7 +72,7 @@ from schemas.keys import (
 )
 from streams.database import asyncpg_options
 from streams.redis_targets import Client, RedisTargets, as_targets
-from streams.security import redis_from_settings
+from streams.security import kafka_options, redis_from_settings
 from streams.store import progress
 from streams.tools.bench.cpu import (
     CpuSample,
@@ -235,6 +236,64 @@ async def run_ours(
         if conn is not None:
             await conn.close()
         await redis.aclose()
+
+
+FLOOR_APP = "streams.tools.bench.faust_floor"
+
+
+async def run_faust_floor(
+    env: BenchEnv, prefix: str, total: int, log_path: Path, timeout_s: float
+) -> Throughput:
+    """The Faust floor (`faust_floor.py`) on the preloaded topics, timed from its
+    `Worker ready` until its group has committed all `total` offsets.
+
+    Faust commits every `broker_commit_interval` (1 s), so the end is seen up to
+    a second late: the rate is a lower bound, and the CPU window holds that
+    second of an idle worker too (little). The CPU per event is the figure
+    that matters: what Faust alone costs per event.
+    """
+    worker = WorkerProcess(env.env, log_path, app=FLOOR_APP)
+    admin = AIOKafkaAdminClient(**kafka_options(env.settings))
+    await admin.start()
+    worker.start()
+    try:
+        samples: list[CpuSample] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            polled_at = time.time()
+            samples.append(CpuSample(polled_at, worker.cpu_times(), {}))
+            if not worker.alive():
+                raise RuntimeError(f"the Faust floor exited:\n{worker.log_tail()}")
+            done = await committed(admin, env.settings.app_id, prefix)
+            if done >= total:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Faust floor committed {done} of {total} in {timeout_s} s")
+            await asyncio.sleep(0.1)
+        ready = last_ready(worker.log_path.read_text(errors="replace")) or samples[0].at
+        start = window_start(samples, ready)
+        return Throughput(
+            events=total,
+            seconds=polled_at - ready,
+            complete=True,
+            startup_s=ready - worker.started_at,
+            peak_rss_mb=worker.peak_rss_mb(),
+            worker_cpu_s=cpu_delta(start.worker, samples[-1].worker),
+        )
+    finally:
+        worker.stop()
+        await admin.close()
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str, prefix: str) -> int:
+    """Offsets `group` committed on the topics named `prefix…`, summed: the messages
+    it consumed, on topics whose offsets count from 0 (no transactions)."""
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(
+        meta.offset
+        for tp, meta in offsets.items()
+        if tp.topic.startswith(prefix) and meta.offset > 0
+    )
 
 
 async def _connect_migrated(

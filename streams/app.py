@@ -22,6 +22,7 @@ from streams.observe import web
 from streams.observe.monitor import Monitor
 from streams.read.warmup import warmup
 from streams.settings import get_settings
+from streams.worker import gc_policy
 from streams.worker.faust_options import faust_options, raw_topic
 from streams.worker.kafka_transport import Transport as KafkaTransport
 from streams.worker.preflight import exit_unless_admitted
@@ -71,6 +72,7 @@ class RpcacheApp(faust.App):
         """Faust returns from here once the first assignment is done and the timers run."""
         await super().on_started()
         if not self.should_stop:
+            gc_policy.settle_after_start()  # the start-up's objects live as long as we do
             self.consuming = True
             await write_beat(self.runtime, starting=False)
 

@@ -23,9 +23,10 @@ A fresh start is not a loss. With a new Redis and a new database, the marker
 is absent as well, and the first check (the leader's timer, a few seconds
 after the agents began) would "rebuild" what the worker has just projected
 and raise the rebuild alert. So at start, before the agents consume, every
-worker with AUTO_REBUILD on (the marker is the rebuild's) calls `mark_fresh`: when PostgreSQL holds nothing any key is computed
-from, the marker is set wherever it is missing (SET NX), and nothing is
-replayed. Any row in PostgreSQL leaves the decision to the check.
+worker with AUTO_REBUILD on (the marker is the rebuild's) calls
+`mark_fresh`: when PostgreSQL holds nothing any key is computed from, the
+marker is set wherever it is missing (SET NX), and nothing is replayed. Any
+row in PostgreSQL leaves the decision to the check.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 import orjson
+import pybase64
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -74,6 +75,26 @@ def _uuid_text(value: str) -> str:
     if not _UUID.fullmatch(value):
         raise ValueError("must be a UUID such as 550e8400-e29b-41d4-a716-446655440000")
     return value.lower()
+
+
+def decode_base64(text: str) -> bytes:
+    """`binascii.a2b_base64(text, strict_mode=True)`, the rule of the audio field, at
+    SIMD speed: pybase64 decodes with `validate=True`; what it refuses goes to
+    binascii itself, which then decodes it or raises.
+
+    Profile that justified it (this machine, a 56 KB clip): binascii 170-210 µs,
+    pybase64 5 µs; a voice role-play service sends such clips on every miss.
+    pybase64 refuses a few forms binascii's strict mode takes (`=`s after a
+    last complete group: "AAAA="), and what it accepts, binascii accepts as the
+    same bytes (checked on 1.1 million inputs; `tests/unit/test_base64.py`
+    keeps a table and a property test). So the outcome is binascii's, always.
+    Raises `binascii.Error` (a ValueError) on invalid base64, ValueError on
+    non-ASCII text.
+    """
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error is one; so is pybase64's non-ASCII refusal
+        return binascii.a2b_base64(text, strict_mode=True)
 
 
 def parse_rfc3339(value: object) -> datetime:
@@ -264,7 +285,7 @@ class VoiceSynthesized(SessionScoped):
     def _decode_audio(self) -> VoiceSynthesized:
         """Decode once: validates the base64 and keeps the bytes for PostgreSQL."""
         try:
-            self._audio_bytes = binascii.a2b_base64(self.audio, strict_mode=True)
+            self._audio_bytes = decode_base64(self.audio)
         except binascii.Error as exc:
             raise ValueError(f"audio must be base64: {exc}") from None
         return self

@@ -9,11 +9,12 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any, Literal
+
+import pybase64
 
 Publish = Callable[[str, bytes | None, bytes], Awaitable[None]]
 """Send (topic, key, value) to Kafka and wait until the broker has it."""
@@ -146,7 +147,9 @@ def voice_clip(
     """
     if audio is None or cached_at is None:
         return None
-    return CachedVoiceClip(speaker_id, text_hash, base64.b64encode(audio).decode(), cached_at)
+    # pybase64: the same standard, padded alphabet as base64.b64encode, ~10× faster on a
+    # clip (replay, rebuild and the reader's fallback encode every clip they project)
+    return CachedVoiceClip(speaker_id, text_hash, pybase64.b64encode_as_string(audio), cached_at)
 
 
 @dataclass(frozen=True, slots=True)

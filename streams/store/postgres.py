@@ -422,10 +422,17 @@ async def _upsert_cache(
     content: tuple[str, ...],
     rows: Sequence[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], AiEntry | VoiceEntry]],
 ) -> None:
-    """Two batched statements for a cache table (identifiers are ours, never input).
+    """One batched statement for a cache table (identifiers are ours, never input):
+    insert the entry, or add to its use/hit counts and, for a miss no older than
+    the content held (`cached_at`; a tie goes to the later write), replace the
+    content.
 
-    1. Every use: insert the entry or add to its use/hit counts.
-    2. Every miss: replace the content unless a later miss already did.
+    One statement, so a miss's content (a voice clip's audio: up to 700 KB) is
+    sent and written once. Written as an INSERT then an UPDATE of the misses,
+    every new clip went over the wire twice and PostgreSQL wrote (and TOASTed)
+    its row twice. Every SET expression reads the row as it was before the
+    update (PostgreSQL docs, "INSERT … ON CONFLICT DO UPDATE"), so `newer`
+    compares with the old `cached_at` in each.
     """
     if not rows:
         return
@@ -440,26 +447,23 @@ async def _upsert_cache(
         "last_used_at",
     )
     marks = ", ".join(f"${n}" for n in range(1, len(cols) + 1))
+    newer = (
+        f"EXCLUDED.cached_at IS NOT NULL"
+        f" AND ({table}.cached_at IS NULL OR {table}.cached_at <= EXCLUDED.cached_at)"
+    )
+    replaced = ", ".join(
+        f"{col} = CASE WHEN {newer} THEN EXCLUDED.{col} ELSE {table}.{col} END"
+        for col in (*content, "cached_at", "source_event_id")
+    )
     await conn.executemany(
         f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"
         f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET"
         f" use_count = {table}.use_count + EXCLUDED.use_count,"
         f" hit_count = {table}.hit_count + EXCLUDED.hit_count,"
-        f" last_used_at = GREATEST({table}.last_used_at, EXCLUDED.last_used_at)",
+        f" last_used_at = GREATEST({table}.last_used_at, EXCLUDED.last_used_at),"
+        f" {replaced}",
         [
             (*k, *f, *c, e.cached_at, e.source_event_id, e.uses, e.hits, e.last_used_at)
             for k, f, c, e in rows
         ],
-    )
-    misses = [(k, c, e) for k, _, c, e in rows if e.cached_at is not None]
-    if not misses:
-        return
-    n_key, n_content = len(key), len(content)
-    sets = ", ".join(f"{col} = ${n_key + i + 1}" for i, col in enumerate(content))
-    at, source = n_key + n_content + 1, n_key + n_content + 2
-    where = " AND ".join(f"{col} = ${i + 1}" for i, col in enumerate(key))
-    await conn.executemany(
-        f"UPDATE {table} SET {sets}, cached_at = ${at}, source_event_id = ${source}"
-        f" WHERE {where} AND (cached_at IS NULL OR cached_at <= ${at})",
-        [(*k, *c, e.cached_at, e.source_event_id) for k, c, e in misses],
     )

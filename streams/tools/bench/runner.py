@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
-from streams.cluster_masters import wait_replicated
+from streams.cluster_masters import cluster_masters, wait_replicated
 from streams.read.replay import replay
 from streams.redis_targets import RedisTargets
 from streams.security import redis_options
@@ -206,7 +207,7 @@ class Bench:
                 self.base, self.run, "cluster", self.redis_db, topic_prefix=prefix, **cluster_env()
             )
             try:
-                async with _flushed_cluster(env.settings):
+                async with _flushed_cluster(env.settings) as targets, _no_eviction(targets):
                     self.progress("ours: one worker, every key family on the Redis Cluster")
                     r.ours_cluster = await tp.run_ours(
                         env,
@@ -431,6 +432,28 @@ async def _flushed_cluster(settings: Settings) -> AsyncIterator[RedisTargets]:
         await _flush_cluster(targets)
     finally:
         await targets.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _no_eviction(targets: RedisTargets) -> AsyncIterator[None]:
+    """`maxmemory 0` (no limit) on every cluster master for the run, restored after.
+
+    The run ends when every key it wrote is there, and the design's 256 MB per
+    master evicts voice clips of a full run (365 MB of audio; seen: the run
+    waited out its timeout with the voice master at 94 % of maxmemory). One
+    Redis gets the same room from the stack's 1 GB and an emptied db."""
+    saved: list[tuple[RedisCluster, ClusterNode, str]] = []
+    try:
+        for _, client in targets.distinct():
+            if isinstance(client, RedisCluster):
+                for master in await cluster_masters(client):
+                    config = await client.config_get("maxmemory", target_nodes=master.node)
+                    saved.append((client, master.node, str(config["maxmemory"])))
+                    await client.config_set("maxmemory", 0, target_nodes=master.node)
+        yield
+    finally:
+        for client, node, value in saved:
+            await client.config_set("maxmemory", value, target_nodes=node)
 
 
 async def _flush_cluster(targets: RedisTargets) -> None:

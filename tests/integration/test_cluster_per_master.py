@@ -30,6 +30,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -43,9 +44,11 @@ from schemas.keys import (
     ClusterLayout,
     KeyFamily,
     ai_response_key,
+    business_day,
     layout_key,
     own_key,
     session_key,
+    stats_key,
     user_state_key,
     voice_key,
 )
@@ -278,7 +281,10 @@ async def test_a_master_emptied_is_rebuilt_for_its_slots_only(
             )
         ai_keys = [ai_response_key(p) for p in prompts]
         voice_keys = [voice_key(5, t) for t in texts]
-        mine = [session_key(sid), user_state_key(user), *ai_keys, *voice_keys]
+        # The day's stats hash too: the leader's stats timer writes it some time after the
+        # events, and it must be there before the snapshot the test compares with.
+        today = stats_key(business_day(datetime.now(UTC), run.settings.tz))
+        mine = [session_key(sid), user_state_key(user), *ai_keys, *voice_keys, today]
         await eventually(lambda: run.keys.exists(*mine), lambda n: n == len(mine), timeout_s=60)
 
         async def marked() -> list[int]:

@@ -356,46 +356,56 @@ async def _connect_baseline(env: BenchEnv) -> asyncpg.Connection[asyncpg.Record]
     return conn
 
 
-async def _postgres_cpu(
-    conn: asyncpg.Connection[asyncpg.Record],
-    postgres: PostgresCpu | None,
-    before: CpuTimes,
-    after: CpuTimes,
-) -> float | None:
-    """PostgreSQL's CPU seconds between two samples, other databases' backends excluded."""
-    if postgres is None:
-        return None
-    return cpu_delta(before, after, await postgres.foreign(conn))
+@dataclass
+class _Window:
+    """The timed and CPU window of an in-process consumer (the baselines): opened at
+    its first message, closed after its last; this process's CPU and PostgreSQL's
+    (other databases' backends excluded)."""
+
+    postgres: PostgresCpu | None
+    started: float = 0.0
+    cpu_before: float = 0.0
+    pg_before: CpuTimes | None = None
+
+    def open(self) -> None:
+        """At the first message (later calls do nothing)."""
+        if self.pg_before is None:
+            self.started, self.cpu_before = time.monotonic(), self_cpu_s()
+            self.pg_before = self.postgres.sample() if self.postgres else {}
+
+    async def close(
+        self, conn: asyncpg.Connection[asyncpg.Record]
+    ) -> tuple[float, float, float | None]:
+        """(seconds, this process's CPU seconds, PostgreSQL's CPU seconds or None)."""
+        elapsed, cpu = time.monotonic() - self.started, self_cpu_s() - self.cpu_before
+        if self.postgres is None or self.pg_before is None:
+            return elapsed, cpu, None
+        after = self.postgres.sample()
+        return elapsed, cpu, cpu_delta(self.pg_before, after, await self.postgres.foreign(conn))
 
 
 async def run_batched(env: BenchEnv, prefix: str, total: int, timeout_s: float) -> Throughput:
     """The same events through the hand-batched consumer; see the module docstring."""
     settings = env.settings
     conn = await _connect_baseline(env)
-    postgres = PostgresCpu.find(conn)
+    window = _Window(PostgresCpu.find(conn))
     redis = redis_from_settings(settings)
     consumer = plain_consumer(settings, group=f"{settings.app_id}-batched", auto_commit=False)
     consumer.subscribe(source_topics(prefix))
     await consumer.start()
-    done, started, cpu_before = 0, 0.0, 0.0
-    pg_before: CpuTimes = {}
+    done = 0
     try:
         deadline = time.monotonic() + timeout_s
         while done < total and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=BATCH_WAIT_MS, max_records=BATCH_RECORDS)
             if not batches:
                 continue
-            if not done:
-                started, cpu_before = time.monotonic(), self_cpu_s()
-                pg_before = postgres.sample() if postgres else {}
+            window.open()
             messages = [m for records in batches.values() for m in records]
             await _store_batch(conn, redis, messages, prefix, env)
             await consumer.commit()
             done += len(messages)
-        elapsed = time.monotonic() - started
-        cpu = self_cpu_s() - cpu_before
-        pg_after = postgres.sample() if postgres else {}
-        pg_cpu = await _postgres_cpu(conn, postgres, pg_before, pg_after)
+        elapsed, cpu, pg_cpu = await window.close(conn)
     finally:
         await consumer.stop()
         await redis.aclose()
@@ -446,18 +456,15 @@ async def _store_batch(
 async def run_baseline(env: BenchEnv, prefix: str, total: int, cap_s: float) -> Throughput:
     """The same events through the naive per-event consumer; see the module docstring."""
     conn = await _connect_baseline(env)
-    postgres = PostgresCpu.find(conn)
+    window = _Window(PostgresCpu.find(conn))
     redis = redis_from_settings(env.settings)
     consumer = plain_consumer(env.settings, group=f"{env.settings.app_id}-naive")
     consumer.subscribe(source_topics(prefix))
     await consumer.start()
-    done, started, cpu_before = 0, 0.0, 0.0
-    pg_before: CpuTimes = {}
+    done = 0
     try:
         async for message in consumer:
-            if not done:
-                started, cpu_before = time.monotonic(), self_cpu_s()
-                pg_before = postgres.sample() if postgres else {}
+            window.open()
             event = decode_event(
                 message.value,
                 topic=message.topic.removeprefix(prefix),
@@ -468,12 +475,9 @@ async def run_baseline(env: BenchEnv, prefix: str, total: int, cap_s: float) -> 
                 await conn.execute(BASELINE_INSERT, *_row(event, raw, message.value))
                 await naive_redis(redis, raw, event.occurred_at)
             done += 1
-            if done >= total or time.monotonic() - started > cap_s:
+            if done >= total or time.monotonic() - window.started > cap_s:
                 break
-        elapsed = time.monotonic() - started
-        cpu = self_cpu_s() - cpu_before
-        pg_after = postgres.sample() if postgres else {}
-        pg_cpu = await _postgres_cpu(conn, postgres, pg_before, pg_after)
+        elapsed, cpu, pg_cpu = await window.close(conn)
     finally:
         await consumer.stop()
         await redis.aclose()

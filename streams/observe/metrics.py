@@ -274,7 +274,7 @@ class TargetFigures:
     target: str
     """Its families joined by `+` (`streams.redis_targets.target_label`): `voice`,
     `sessions+ai+voice`; for one master of a cluster target, that and `@host:port`
-    (`streams.observe.redis_info.master_label`)."""
+    (`streams.redis_targets.master_label`)."""
     figures: RedisFigures | None
     """None when it did not answer in time."""
     error: str | None = None
@@ -630,7 +630,9 @@ class ReaderCollector:
         per_breaker = GaugeMetricFamily(
             "rpcache_reader_target_breaker_state",
             "1 for each breaker's current state: a Redis target's by its families"
-            " (e.g. voice), its replica's as <target>/replica (SPEC §8).",
+            " (e.g. voice), its replica's as <target>/replica; on a cluster target"
+            " one per master, <target>@<host:port>, and its replicas'"
+            " <target>@<host:port>/replica (SPEC §8).",
             labels=["breaker", "state"],
         )
         for breaker, breaker_state in sorted(stats.breakers.items()):

@@ -36,7 +36,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from streams.cluster_masters import ClusterMaster, cluster_masters
 from streams.observe.metrics import RedisFigures, RedisWorst, TargetFigures
-from streams.redis_targets import Client, RedisTargets, target_label
+from streams.redis_targets import Client, RedisTargets, master_label, target_label
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,6 @@ async def read_target(target: str, client: Redis, timeout_s: float) -> TargetFig
         return TargetFigures(target, None, error_text(exc))
     finally:
         await one.aclose()
-
-
-def master_label(target: str, node: str) -> str:
-    """The row of one master of a cluster target: `sessions+ai+voice@127.0.0.1:6401`."""
-    return f"{target}@{node}"
 
 
 async def read_master(target: str, cluster: RedisCluster, master: ClusterMaster) -> TargetFigures:

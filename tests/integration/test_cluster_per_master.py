@@ -33,7 +33,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
-import redis
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -68,6 +67,7 @@ from streams.tools.stack.cluster import (
 from streams.tools.stack.common import StackError
 from streams.tools.stack.sentinel import POLICIES
 from tests import needs
+from tests.integration.cluster_admin import admin, move_slots
 from tests.integration.conftest import eventually, isolated_run, rpcache_check
 
 pytestmark = pytest.mark.integration
@@ -119,10 +119,6 @@ def _master(shard: Shard) -> int:
     return shard.master
 
 
-def _admin(port: int) -> redis.Redis:
-    return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=10)
-
-
 @asynccontextmanager
 async def _node(port: int) -> AsyncIterator[Redis]:
     client = Redis(host=HOST, port=port, decode_responses=True, socket_timeout=5)
@@ -171,7 +167,7 @@ async def test_info_is_read_on_every_master(cluster: ClusterTopology) -> None:
         # The voice master stops answering clients (as a hung server; the cluster bus
         # goes on, so nothing fails over): its row alone is down.
         voice = _master(shards["voice"])
-        _admin(voice).execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        admin(voice).execute_command("CLIENT", "PAUSE", 1500, "ALL")
         rows = await read_targets(targets, 0.5)
         assert [(t.target.rpartition("@")[2], t.up) for t in rows] == [
             (f"{HOST}:{_master(shards['sessions'])}", True),
@@ -180,7 +176,7 @@ async def test_info_is_read_on_every_master(cluster: ClusterTopology) -> None:
         ]
         assert rows[2].error == "TimeoutError()"
     finally:
-        _admin(_master(shards["voice"])).execute_command("CLIENT", "UNPAUSE")
+        admin(_master(shards["voice"])).execute_command("CLIENT", "UNPAUSE")
         for family_keys in keys.values():
             for key in family_keys:
                 await cluster_client.delete(key)
@@ -188,19 +184,6 @@ async def test_info_is_read_on_every_master(cluster: ClusterTopology) -> None:
 
 
 # --- rpcache check -----------------------------------------------------------------------
-def _move(slots: SlotRange, source: int, target: int, masters: list[int]) -> None:
-    """Live resharding of `slots`, keys included (cluster spec, "Live resharding")."""
-    src, dst = _admin(source), _admin(target)
-    src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
-    for slot in range(slots.lo, slots.hi + 1):
-        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-            src.execute_command("MIGRATE", HOST, target, "", 0, 5000, "KEYS", *keys)
-        for port in masters:
-            _admin(port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-
-
 def _failed(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if not r.ok]
 
@@ -210,7 +193,6 @@ async def test_check_names_masters_and_fails_on_a_reshard_of_a_range(
 ) -> None:
     shards = _shards(cluster)
     ai, voice = _master(shards["ai"]), _master(shards["voice"])
-    masters = [_master(s) for s in shards.values()]
     settings = _settings(check_timeout_s=3.0)
     results = await check_redis_targets(settings)
     assert _failed(results) == [], [r.line() for r in results]
@@ -227,7 +209,7 @@ async def test_check_names_masters_and_fails_on_a_reshard_of_a_range(
     assert "redis" not in unhealthy, out  # the heartbeat may fail here (no worker): not Redis
 
     try:
-        await asyncio.to_thread(_move, MOVED, ai, voice, masters)
+        await asyncio.to_thread(move_slots, range(MOVED.lo, MOVED.hi + 1), ai, voice)
 
         async def voice_line() -> CheckResult:
             found = await check_redis_targets(settings)
@@ -247,7 +229,7 @@ async def test_check_names_masters_and_fails_on_a_reshard_of_a_range(
         unhealthy = next(line for line in out.splitlines() if line.startswith("unhealthy:"))
         assert f"redis@{HOST}:{voice}" in unhealthy, out
     finally:
-        await asyncio.to_thread(_move, MOVED, voice, ai, masters)
+        await asyncio.to_thread(move_slots, range(MOVED.lo, MOVED.hi + 1), voice, ai)
     await eventually(lambda: check_redis_targets(settings), lambda r: not _failed(r), timeout_s=15)
     await asyncio.to_thread(cluster.wait_healthy, 30)
 

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis
 from pydantic import SecretStr
 from redis.asyncio import RedisCluster
 
@@ -37,9 +36,17 @@ from streams.projections import Delete, HashWrite, RedisOp, SortedSetAdd, String
 from streams.redis_targets import RedisTargets, key_family
 from streams.settings import Settings, get_settings
 from streams.sinks.redis import write_by_target
-from streams.tools.stack.cluster import MASTER_PORTS, ClusterTopology, cluster_lock, cluster_url
+from streams.tools.stack.cluster import ClusterTopology, cluster_lock, cluster_url
 from streams.tools.stack.common import StackError
 from tests import needs
+from tests.integration.cluster_admin import (
+    admin,
+    finish_migration,
+    masters,
+    move_slots,
+    owner,
+    start_migration,
+)
 
 pytestmark = pytest.mark.integration
 REDIS_TOPOLOGIES = ("single", "sentinel")  # its own servers: any run's topology will do
@@ -146,48 +153,6 @@ async def test_every_op_lands_on_its_master(targets: RedisTargets) -> None:
 
 
 # --- resharding under the writer -------------------------------------------------------
-def _admin(port: int) -> redis.Redis:
-    return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=10)
-
-
-def _masters() -> list[int]:
-    """The ports of the masters now: a failover (the cluster chaos tests kill masters)
-    may have made a replica of MASTER_PORTS the master of its range."""
-    slots = _admin(MASTER_PORTS[0]).execute_command("CLUSTER SLOTS")
-    return sorted({int(master[1]) for _, _, master, *_ in slots})
-
-
-def _owner(slot: int) -> int:
-    """The port of the master serving `slot` now."""
-    for lo, hi, master, *_ in _admin(MASTER_PORTS[0]).execute_command("CLUSTER SLOTS"):
-        if lo <= slot <= hi:
-            return int(master[1])
-    raise AssertionError(f"slot {slot} is not served")
-
-
-def _start_migration(slot: int, source: int, target: int) -> None:
-    """The first step of a live reshard of one slot (cluster spec, "Live resharding")."""
-    src, dst = _admin(source), _admin(target)
-    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src.execute_command("CLUSTER MYID"))
-    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst.execute_command("CLUSTER MYID"))
-
-
-def _finish_migration(slot: int, source: int, target: int) -> None:
-    """Move the slot's remaining keys, then give the slot to `target` everywhere."""
-    src = _admin(source)
-    while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-        src.execute_command("MIGRATE", HOST, target, "", 0, 5000, "KEYS", *keys)
-    dst_id = _admin(target).execute_command("CLUSTER MYID")
-    for port in _masters():
-        _admin(port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-
-
-def _move_slot(slot: int, source: int, target: int) -> None:
-    """Redis Cluster's live resharding of one slot, keys included."""
-    _start_migration(slot, source, target)
-    _finish_migration(slot, source, target)
-
-
 def _design_key_in(family: str, run: str) -> tuple[RedisOp, int]:
     """A session op whose design-layout key's slot is known."""
     expire = int((datetime.now(UTC) + timedelta(minutes=10)).timestamp() * 1000)
@@ -199,33 +164,33 @@ async def test_a_slot_moved_behind_the_writer_is_followed(cluster: ClusterTopolo
     t = RedisTargets.from_settings(_settings("design"), decode_responses=True)
     run = uuid.uuid4().hex[:8]
     op, slot = _design_key_in("sessions", run)
-    home = _owner(slot)
-    away = next(p for p in _masters() if p != home)
+    home = owner(slot)
+    away = next(p for p in masters() if p != home)
     try:
         await write_by_target(t, [op])  # the writer learns today's slot map
-        _move_slot(slot, home, away)  # MOVED from now on for its stale map
+        move_slots([slot], home, away)  # MOVED from now on for its stale map
         ops: list[RedisOp] = [op, *_ops(run, 20)]
         await write_by_target(t, ops)
         assert len(ops) == 1 + 4 * 20 + 2
         await _assert_landed(t, ops)
-        assert _admin(away).exists(layout_key(op.key, "design")) == 1
+        assert admin(away).exists(layout_key(op.key, "design")) == 1
     finally:
-        if _owner(slot) != home:
-            _move_slot(slot, away, home)
+        if owner(slot) != home:
+            move_slots([slot], away, home)
         await t.aclose()
-    assert _owner(slot) == home
+    assert owner(slot) == home
 
 
 async def test_a_slot_being_migrated_is_written_through_ask(cluster: ClusterTopology) -> None:
     t = RedisTargets.from_settings(_settings("design"), decode_responses=True)
     run = uuid.uuid4().hex[:8]
     op, slot = _design_key_in("sessions", run)
-    home = _owner(slot)
-    away = next(p for p in _masters() if p != home)
-    src, dst = _admin(home), _admin(away)
+    home = owner(slot)
+    away = next(p for p in masters() if p != home)
+    src, dst = admin(home), admin(away)
     try:
         await write_by_target(t, [Delete(op.key)])  # learn the map; the key is absent
-        _start_migration(slot, home, away)
+        start_migration(slot, home, away)
         ops: list[RedisOp] = [op]
         await write_by_target(t, ops)  # absent on the source: ASK → the importing node
         on_dst = dst.pipeline(transaction=False)  # one connection: ASKING, then the read
@@ -233,8 +198,8 @@ async def test_a_slot_being_migrated_is_written_through_ask(cluster: ClusterTopo
         on_dst.hgetall(layout_key(op.key, "design"))
         assert on_dst.execute()[1] == {"status": "active"}  # it went where ASK said
     finally:
-        _finish_migration(slot, home, away)  # then bring the slot home
-        _move_slot(slot, away, home)
+        finish_migration(slot, home, away)  # then bring the slot home
+        move_slots([slot], away, home)
         await t.aclose()
-    assert _owner(slot) == home
+    assert owner(slot) == home
     assert src.hgetall(layout_key(op.key, "design")) == {"status": "active"}

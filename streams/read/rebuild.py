@@ -165,7 +165,12 @@ class RedisWatch:
     async def mark_fresh(self) -> bool:
         """Set each target's marker (each master's, on a cluster) where it is missing,
         if PostgreSQL holds nothing a key is computed from; True if it did (module
-        docstring). Raises what asyncpg or redis-py raise (the caller retries)."""
+        docstring). Raises what asyncpg or redis-py raise; the worker then logs it and
+        leaves the decision to the leader's check.
+
+        Accepted gap: another worker's first batch could commit and be projected
+        between the probe and the SET, and Redis lose it in those milliseconds; the
+        marker would then hide that loss until the key's own write comes again."""
         async with self.pool.acquire() as conn:
             if not await reads.nothing_to_project(conn):
                 return False

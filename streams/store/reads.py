@@ -29,7 +29,8 @@ PROJECTED_TABLES = ("events", "sessions", "users", "daily_counters", "ai_respons
 
 async def nothing_to_project(conn: Connection) -> bool:
     """True when no table a Redis key comes from has a row (a fresh database): Redis
-    cannot have lost anything of rpcache's yet. One statement, an index probe each."""
+    cannot have lost anything of rpcache's yet. One statement; each EXISTS stops at
+    the first row a scan finds."""
     probes = " OR ".join(f"EXISTS (SELECT 1 FROM {table})" for table in PROJECTED_TABLES)
     return not await conn.fetchval(f"SELECT {probes}")
 

@@ -179,11 +179,19 @@ class _Consumer(driver.Consumer):
             commit_every = self._commit_every
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
-                await asyncio.shield(self.commit())
+                # Shielded: a rebalance that cancels the delivery must not cut a commit
+                # half-way. A commit that then fails is logged (nobody awaits it).
+                commit = asyncio.ensure_future(self.commit())
+                commit.add_done_callback(self._log_commit_failure)
+                await asyncio.shield(commit)
             await self.callback(message)
             self._read_offset[tp] = offset
         else:
             self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+
+    def _log_commit_failure(self, commit: asyncio.Future[Any]) -> None:
+        if not commit.cancelled() and commit.exception() is not None:
+            self.log.error("Commit in the drain loop failed: %r", commit.exception())
 
 
 class Transport(driver.Transport):

@@ -155,9 +155,10 @@ class WorkerProcess:
 
     @property
     def command(self) -> list[str]:
-        if self.app is not None:
-            return [sys.executable, "-m", "faust", "-A", self.app, "worker", "--loglevel",
-                    "info", "--without-web"]  # fmt: skip
+        if self.app is not None:  # on the worker's event loop (WORKER_LOOP), as `worker` runs
+            loop = self.loop or self.env.get("WORKER_LOOP", "uvloop")
+            return [sys.executable, "-m", "faust", "--loop", "aio" if loop == "asyncio" else loop,
+                    "-A", self.app, "worker", "--loglevel", "info", "--without-web"]  # fmt: skip
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
         if self.processes > 1:
             cmd += ["--processes", str(self.processes)]

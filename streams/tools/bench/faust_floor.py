@@ -21,6 +21,7 @@ from agents.consume import consume
 from schemas.keys import AGENT_TOPICS
 from streams.model import BatchOutcome
 from streams.settings import get_settings
+from streams.worker import gc_policy
 from streams.worker.faust_options import faust_options, raw_topic
 from streams.worker.kafka_transport import Transport as KafkaTransport
 from streams.write.pipeline import RawMessage
@@ -29,10 +30,15 @@ settings = get_settings()
 
 
 class FloorApp(faust.App):
-    """A Faust app on rpcache's Kafka transport."""
+    """A Faust app on rpcache's Kafka transport, with the worker's collector settings."""
 
     def _new_transport(self) -> Any:
         return KafkaTransport(self.conf.broker_consumer, self)
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        if not self.should_stop:
+            gc_policy.settle_after_start()  # as the worker does (streams/app.py)
 
 
 class Discard:

@@ -50,12 +50,12 @@ class Results:
     ours: Throughput | None = None
     """One worker process."""
     ours_multi: Throughput | None = None
-    ours_cluster: Throughput | None = None
-    faust_floor: Throughput | None = None
-    """Faust alone (streams/tools/bench/faust_floor.py): its CPU per event bounds ours."""
-    """One worker process with every key family on the local Redis Cluster (design layout)."""
     """`rpcache worker --processes N` (one per core), when the machine has several.
     The headline `events_per_s` is the faster of the two."""
+    ours_cluster: Throughput | None = None
+    """One worker process with every key family on the local Redis Cluster (design layout)."""
+    faust_floor: Throughput | None = None
+    """Faust alone (streams/tools/bench/faust_floor.py): its CPU per event bounds ours."""
     baseline: Throughput | None = None
     """The naive baseline: per event, one INSERT and the Redis commands, each awaited."""
     batched: Throughput | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import time
@@ -57,6 +58,7 @@ from streams.tools.stack.cluster import ClusterTopology, cluster_env, cluster_lo
 from streams.tools.stack.common import StackError
 from streams.worker.runtime import open_pool
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 PHASES = ("throughput", "freshness", "memory", "reads", "sink")
 
@@ -182,7 +184,12 @@ class Bench:
         skipped, and said so). Holds `cluster_lock` throughout."""
         topology = ClusterTopology(self.base)
         with contextlib.ExitStack() as held:  # not while a test session flushes it
-            await asyncio.to_thread(held.enter_context, cluster_lock(topology.home, 600))
+            try:
+                await asyncio.to_thread(held.enter_context, cluster_lock(topology.home, 600))
+            except TimeoutError as exc:
+                self.progress(f"the Redis Cluster is in use, {what} skipped: {exc}")
+                yield False
+                return
             was_running = topology.running()
             try:
                 await asyncio.to_thread(topology.up)
@@ -207,7 +214,7 @@ class Bench:
                 self.base, self.run, "cluster", self.redis_db, topic_prefix=prefix, **cluster_env()
             )
             try:
-                async with _flushed_cluster(env.settings) as targets, _no_eviction(targets):
+                async with _cluster_for_run(env.settings):
                     self.progress("ours: one worker, every key family on the Redis Cluster")
                     r.ours_cluster = await tp.run_ours(
                         env,
@@ -396,7 +403,7 @@ class Bench:
             if not running:
                 return
             settings = env.settings_with(**cluster_env())
-            async with _flushed_cluster(settings) as redis, _no_eviction(redis):
+            async with _cluster_for_run(settings) as redis:
                 self.progress("reads: replaying the same entries into the Redis Cluster")
                 pool = await open_pool(settings)
                 try:
@@ -422,14 +429,19 @@ def _hit_rates(workload: Workload) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def _flushed_cluster(settings: Settings) -> AsyncIterator[RedisTargets]:
-    """The Redis targets of `settings`, every cluster master among them emptied
-    (FLUSHALL: a cluster has db 0 only) before and after."""
+async def _cluster_for_run(settings: Settings) -> AsyncIterator[RedisTargets]:
+    """The Redis targets of `settings` for one bench run on the cluster: every master
+    emptied (FLUSHALL: a cluster has db 0 only) and without `maxmemory`; after the run,
+    failed or not, emptied again, then its `maxmemory` restored (in that order, so
+    the masters do not first evict down to the cap what is about to go)."""
     targets = RedisTargets.from_settings(settings)
     try:
         await _flush_cluster(targets)
-        yield targets
-        await _flush_cluster(targets)
+        async with _no_eviction(targets):
+            try:
+                yield targets
+            finally:
+                await _flush_cluster(targets)
     finally:
         await targets.aclose()
 
@@ -465,10 +477,11 @@ async def _flush_cluster(targets: RedisTargets) -> None:
 
 
 async def _wait_replicas(targets: RedisTargets) -> None:
-    """Until every cluster replica has what its master holds: session reads go to
-    replicas, and a key still on its way would be read from PostgreSQL."""
+    """Until every cluster replica has what its master holds (5 s at most per master):
+    session reads go to replicas, and a key still on its way would be read from
+    PostgreSQL. A replica still behind then is logged, not fatal."""
     for _, client in targets.distinct():
         if isinstance(client, RedisCluster):
             for master, (acked, want) in (await wait_replicated(client)).items():
-                if acked < want:
-                    raise RuntimeError(f"master {master}: {acked} of {want} replicas caught up")
+                if acked < want:  # the reads still run: the table's "served by" will show it
+                    log.warning("master %s: %d of %d replicas caught up", master, acked, want)

@@ -14,6 +14,7 @@ import faust
 from schemas.keys import topic_name
 from streams.security import faust_credentials
 from streams.settings import Settings
+from streams.worker.faust_event_path import LeanMonitor, RawSchema
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Broker `message.max.bytes` of the stack and docker-compose."""
@@ -46,15 +47,11 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_bind": settings.worker_web_bind,
         "web_in_thread": False,
         "broker_credentials": faust_credentials(settings),
+        "Monitor": LeanMonitor,
     }
 
 
 def raw_topic(app: faust.App, prefix: str, suffix: str) -> Any:
-    """The topic `prefix + suffix` of `app`, keys and values as raw bytes."""
-    return app.topic(
-        topic_name(prefix, suffix),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    """The topic `prefix + suffix` of `app`, keys and values as raw bytes
+    (`RawSchema`: decoded without Faust's serializer registry)."""
+    return app.topic(topic_name(prefix, suffix), schema=RawSchema())

@@ -278,6 +278,18 @@ BAD: list[tuple[str, Any, RejectReason, str]] = [
         RejectReason.NUL_CHARACTER,
         "U+0000",
     ),
+    (
+        "NUL in a voice text beside its audio",
+        event(
+            type="voice.synthesized",
+            speaker_id=1,
+            text="say\x00this",
+            audio="UklGRgAA" * 4000,
+            latency_ms=1,
+        ),
+        RejectReason.NUL_CHARACTER,
+        "U+0000",
+    ),
     ("tombstone", None, RejectReason.INVALID_JSON, "empty"),
 ]
 
@@ -405,3 +417,10 @@ def test_occurred_at_past_the_clock_skew_is_rejected(occurred_at: str, accepted:
         assert isinstance(result, Rejection)
         assert result.reason == RejectReason.OCCURRED_IN_FUTURE
         assert "MAX_CLOCK_SKEW_S" in result.detail
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul() -> None:
+    # `\\u0000` on the wire is a backslash then "u0000": six characters, no NUL.
+    result = decode(event(type="user.login", preferences={"k": "a\\u0000b"}))
+    assert not isinstance(result, Rejection)
+    assert result.preferences == {"k": "a\\u0000b"}

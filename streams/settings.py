@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     max_concurrent_sessions: int = Field(30, ge=1)
     """Capacity behind system_load = active_sessions / this (the design's phase 3)."""
     batch_max_events: int = Field(1000, ge=1)
-    batch_within_ms: int = Field(50, ge=1)
+    batch_within_ms: int = Field(20, ge=1)
+    """The linger of an agent's batch (ms), as Kafka's producer `linger.ms`: a batch
+    goes when it holds batch_max_events, or this long after its first event came in
+    once no fetched event waits to join it (`streams.worker.linger_batching`)."""
     session_sweep_interval_s: float = Field(10.0, gt=0)
     stats_interval_s: float = Field(0.5, gt=0)
     """How often the leader looks for stats:realtime hashes to rewrite."""

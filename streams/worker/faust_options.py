@@ -15,6 +15,7 @@ from schemas.keys import topic_name
 from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.worker.faust_event_path import LeanMonitor, RawSchema
+from streams.worker.linger_batching import LingerStream
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Broker `message.max.bytes` of the stack and docker-compose."""
@@ -48,6 +49,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_in_thread": False,
         "broker_credentials": faust_credentials(settings),
         "Monitor": LeanMonitor,
+        "Stream": LingerStream,
     }
 
 

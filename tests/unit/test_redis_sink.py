@@ -53,3 +53,11 @@ def test_packed_bytes_equal_redis_py_pipeline() -> None:
 
 def test_nothing_to_write_packs_nothing() -> None:
     assert pack([]) == ([], 0)
+
+
+def test_asking_precedes_every_command_and_answers_once_each() -> None:
+    """An ASK redirect's ops: each command after its own ASKING (Redis Cluster spec)."""
+    plain, replies = pack(OPS)
+    asked, asked_replies = pack(OPS, asking=True)
+    assert asked_replies == 2 * replies
+    assert asked == [p for part in plain for p in (b"*1\r\n$6\r\nASKING\r\n", part)]

@@ -105,18 +105,22 @@ def parse_rfc3339(value: object) -> datetime:
         return value.astimezone(UTC)
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string")
-    if not _RFC3339.match(value):
+    shape = _RFC3339.match(value)
+    if shape is None:
         raise ValueError("must be RFC 3339 with an offset, e.g. 2025-01-30T10:30:00Z")
     text = value
-    if "." in text:  # Python keeps microseconds only: cut finer digits.
-        head, _, tail = text.partition(".")
-        digits = re.match(r"\d+", tail)
-        assert digits is not None
-        text = f"{head}.{digits.group()[:6]}{tail[digits.end() :]}"
+    fraction = shape.group(1)
+    if fraction is not None and len(fraction) > 7:  # Python keeps microseconds: cut the rest.
+        text = value[: shape.start(1) + 7] + value[shape.end(1) :]
     try:
-        moment = datetime.fromisoformat(text.replace("z", "Z")).astimezone(UTC)
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"not a valid timestamp: {exc}") from None
+    if moment.tzinfo is not UTC:
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError(f"not a valid timestamp: {exc}") from None
     if not EARLIEST <= moment <= LATEST:
         raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year}")
     return moment

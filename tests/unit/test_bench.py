@@ -185,7 +185,7 @@ def test_a_partial_run_reports_unmeasured_targets_as_unknown() -> None:
     assert report["events_per_s"] is None
     assert all(t.met is None for t in check_targets(report))
     orjson.dumps(report)
-    assert len(tables(report)) == 6
+    assert len(tables(report)) == 7
     assert throughput_rows(report) == []
 
 
@@ -397,7 +397,14 @@ def test_urls_point_at_the_benchmark_database_and_redis_db() -> None:
 
 
 def test_phases_parse_in_run_order() -> None:
-    assert parse_phases("all") == ("throughput", "freshness", "memory", "reads", "sink")
+    assert parse_phases("all") == (
+        "throughput",
+        "stages",
+        "freshness",
+        "memory",
+        "reads",
+        "sink",
+    )
     assert parse_phases("reads, throughput") == ("throughput", "reads")
     with pytest.raises(ValueError):
         parse_phases("speed")

@@ -12,7 +12,7 @@ ceiling), `freshness`, `reads` and `memory`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.table import Table
@@ -21,6 +21,7 @@ from streams.tools.bench.freshness import Freshness
 from streams.tools.bench.memory import MemoryFigure
 from streams.tools.bench.reads import CLUSTER_READS, KINDS, ReadLevel
 from streams.tools.bench.sink import SinkFigure
+from streams.tools.bench.stages import StageFigure
 from streams.tools.bench.stats import finite, ratio
 from streams.tools.bench.throughput import Throughput
 
@@ -69,6 +70,8 @@ class Results:
     live_worker_peak_rss_mb: float | None = None
     sink: list[SinkFigure] = field(default_factory=list)
     """The Redis sink alone: one node, a cluster, redis-py's cluster pipeline."""
+    stages: list[StageFigure] = field(default_factory=list)
+    """The write path alone: CPU per event of each pipeline step, per topic and all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,9 @@ def build_report(r: Results) -> dict[str, Any]:
         "faust_floor_cpu_us_per_event": _num(_worker_us(r.faust_floor), 1),
         "pipeline_cpu_us_per_event": _num(_worker_us(r.ours) - _worker_us(r.faust_floor), 1),
         "postgres_cpu_us_per_event": _num(_postgres_us(r.ours), 1),
+        "write_path_cpu_us_per_event": next(
+            (f.total_us for f in r.stages if f.topic == "all"), None
+        ),
         "freshness_p99_ms": {str(f.rate): _num(f.latency.p99_ms) for f in r.freshness},
         "read_p99_ms": _p99_by_kind(r.reads, "redis"),
         "postgres_read_p99_ms": _p99_by_kind(r.reads, "postgres"),
@@ -209,6 +215,7 @@ def build_report(r: Results) -> dict[str, Any]:
             {"rate": f.rate, "produced": f.produced, "unseen": f.unseen, **f.latency.as_dict()}
             for f in r.freshness
         ],
+        "stages": [asdict(f) for f in r.stages],
         "sink": [
             {
                 "variant": f.variant,
@@ -361,6 +368,10 @@ def summary_table(report: dict[str, Any]) -> Table:
         (
             "worker CPU per event: rpcache's pipeline (1 process − floor, µs)",
             _fmt(report["pipeline_cpu_us_per_event"]),
+        ),
+        (
+            "CPU per event of the write path alone, in process (µs)",
+            _fmt(report["write_path_cpu_us_per_event"]),
         ),
         *(
             (
@@ -544,8 +555,26 @@ def tables(report: dict[str, Any]) -> list[Table]:
         freshness_table(report),
         reads_table(report),
         memory_table(report),
+        stages_table(report),
         sink_table(report),
     ]
+
+
+def stages_table(report: dict[str, Any]) -> Table:
+    """The write path alone, stage by stage (streams/tools/bench/stages.py)."""
+    table = Table(title="Write path alone (no Kafka, no Faust): CPU µs per event by step")
+    columns = ("topic", "events", "decode", "PostgreSQL", "Redis", "rest", "CPU total", "wall")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for row in report.get("stages", []):
+        table.add_row(
+            row["topic"].removesuffix("-events"),
+            f"{row['events']:,}",
+            *(_fmt(row[k]) for k in ("decode_us", "postgres_us", "redis_us", "rest_us")),
+            _fmt(row["total_us"]),
+            _fmt(row["wall_us"]),
+        )
+    return table
 
 
 def sink_table(report: dict[str, Any]) -> Table:

@@ -6,11 +6,13 @@
    and Redis db of its own (each Redis db is emptied before the next run
    fills one, so the 1 GB `maxmemory` of the stack never evicts a key being
    counted);
-2. a live worker: freshness at each rate, then the memory data sets
+2. the write path alone (`stages.py`): CPU per event of each step of the
+   pipeline, in this process, against the real PostgreSQL and Redis;
+3. a live worker: freshness at each rate, then the memory data sets
    (sessions, AI responses, 100 KB voice clips), then, with the worker
    stopped, the reads of those same entries, from Redis, from PostgreSQL, and
    (replayed into it) from the local Redis Cluster;
-3. everything dropped: databases, Redis dbs, topics.
+4. everything dropped: databases, Redis dbs, topics.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from streams.tools.bench.memory import MemoryFigure, mean_key_bytes, used_memory
 from streams.tools.bench.reads import CLUSTER_READS, ReadTargets, run_reads
 from streams.tools.bench.report import Results, build_report
 from streams.tools.bench.sink import run_sink
+from streams.tools.bench.stages import run_stages
 from streams.tools.bench.workload import (
     DataSet,
     Expected,
@@ -60,7 +63,7 @@ from streams.worker.runtime import open_pool
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-PHASES = ("throughput", "freshness", "memory", "reads", "sink")
+PHASES = ("throughput", "stages", "freshness", "memory", "reads", "sink")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class BenchConfig:
     timeout_s: float = 900.0
     sink_batches: int = 20
     sink_rounds: int = 5
+    stage_events: int = 60_000
 
 
 QUICK = BenchConfig(
@@ -97,6 +101,7 @@ QUICK = BenchConfig(
     read_s=3.0,
     sink_batches=10,
     sink_rounds=3,
+    stage_events=12_000,
 )
 FULL = BenchConfig(
     mode="full",
@@ -168,6 +173,11 @@ class Bench:
     async def run_all(self, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
         if "throughput" in phases:
             await self.throughput()
+        if "stages" in phases:
+            self.progress("the write path alone, stage by stage (no Kafka, no Faust)")
+            self.results.stages = await run_stages(
+                self.base, self.run, self.redis_db, self.config.stage_events, self.config.users
+            )
         if {"freshness", "memory", "reads"} & set(phases):
             await self.live(phases)
         if "sink" in phases:
@@ -326,7 +336,7 @@ class Bench:
         finally:
             await env.drop()
 
-    # --- 2. a live worker: freshness, memory, reads -------------------------------------
+    # --- 3. a live worker: freshness, memory, reads -------------------------------------
     async def live(self, phases: tuple[str, ...]) -> None:
         env = await BenchEnv.create(self.base, self.run, "live", self.redis_db + 2)
         try:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
-from typing import Any, Literal
+from operator import attrgetter
+from typing import Any, Literal, TypeVar
 
 import pybase64
 
@@ -52,6 +53,29 @@ class UserState:
     preferences: dict[str, Any] | None
     last_seen: datetime
     version: int = 1
+
+
+_State = TypeVar("_State", SessionState, UserState)
+
+
+def _shallow_copier(cls: type[_State]) -> Callable[[_State], _State]:
+    every_field = attrgetter(*(f.name for f in fields(cls)))
+
+    def copy(state: _State) -> _State:
+        return cls(*every_field(state))
+
+    return copy
+
+
+copy_session: Callable[[SessionState], SessionState] = _shallow_copier(SessionState)
+"""`dataclasses.replace(session)`: a new object with the same field values (not deep).
+
+The reducers change copies of the rows a batch loaded (a session and its
+user per session the batch touches); `replace` took 1.8 µs a copy (10 % of the session handler's
+samples in a py-spy profile of `rpcache bench --only stages`), this 0.4 µs.
+Built from `fields()`, so a field added later is copied too."""
+copy_user: Callable[[UserState], UserState] = _shallow_copier(UserState)
+"""`dataclasses.replace(user)`, as `copy_session`."""
 
 
 @dataclass

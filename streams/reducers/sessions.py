@@ -12,7 +12,7 @@ notices it first, so a replay lands on the same state as the live run.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import singledispatch
 from zoneinfo import ZoneInfo
@@ -29,7 +29,7 @@ from schemas.events import (
     UserLogin,
 )
 from schemas.keys import SESSION_TTL, business_day
-from streams.model import SESSIONS_STARTED, SessionState, UserState
+from streams.model import SESSIONS_STARTED, SessionState, UserState, copy_session, copy_user
 
 
 @dataclass
@@ -59,8 +59,8 @@ def reduce_session_events(
 ) -> SessionChanges:
     """Apply `events` (in order) to copies of `sessions` and `users`."""
     changes = SessionChanges(
-        sessions={k: replace(v) for k, v in sessions.items()},
-        users={k: replace(v) for k, v in users.items()},
+        sessions={k: copy_session(v) for k, v in sessions.items()},
+        users={k: copy_user(v) for k, v in users.items()},
     )
     ctx = _Ctx(changes, tz)
     for event in events:
@@ -74,8 +74,8 @@ def expire_idle(
 ) -> SessionChanges:
     """Mark every open session idle for SESSION_TTL as expired (the sweeper)."""
     changes = SessionChanges(
-        sessions={k: replace(v) for k, v in sessions.items()},
-        users={k: replace(v) for k, v in users.items()},
+        sessions={k: copy_session(v) for k, v in sessions.items()},
+        users={k: copy_user(v) for k, v in users.items()},
     )
     for session in changes.sessions.values():
         if session.is_open and session.last_activity + SESSION_TTL <= now:

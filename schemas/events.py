@@ -178,8 +178,16 @@ class _Event(BaseModel):
     user_id: UserId = Field(description="Who; also the Kafka key of the message.")
 
     def to_json(self) -> bytes:
-        """The wire form: UTF-8 JSON, optional fields left out when unset."""
-        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+        """The wire form: UTF-8 JSON, optional fields left out when unset.
+
+        Written by pydantic-core's serializer straight to bytes: the same bytes
+        as `orjson.dumps(self.model_dump(mode="json", exclude_none=True))`, the
+        form the event log has always kept (its payload_sha tells a redelivery
+        from a conflict, so the bytes must not change; `tests/unit/
+        test_event_json.py` holds the two equal on generated events), in 0.9 µs
+        against 1.7 (timeit, a session.activity).
+        """
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
     def stored_json(self) -> bytes:
         """The form kept in PostgreSQL's event log (see VoiceSynthesized)."""

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
 
-from schemas.keys import SOURCE_TOPICS, topic_name
+from schemas.keys import DEAD_LETTER_TOPIC, SOURCE_TOPICS, topic_name
 from streams.projections import RedisOp
 from streams.settings import Settings
 from streams.store.base import DeadLetterRow, StoredEvent
@@ -165,10 +165,9 @@ async def run_stages(
     settings = env.settings
     pool = await open_pool(settings)
     targets = open_targets(settings)
-    dead: list[str] = []
 
     async def publish(topic: str, key: bytes | None, value: bytes) -> None:
-        dead.append(topic)
+        """Nothing to publish: a dead letter fails the run below."""
 
     threshold = gc.get_threshold()
     try:
@@ -184,7 +183,7 @@ async def run_stages(
                 pool=pool,
                 redis=targets,
                 publish=publish,
-                dead_letter_topic=topic_name(settings.topic_prefix, "dead-letters"),
+                dead_letter_topic=topic_name(settings.topic_prefix, DEAD_LETTER_TOPIC),
                 max_event_bytes=settings.max_event_bytes,
                 max_audio_bytes=settings.voice_max_audio_bytes,
                 max_backoff_s=settings.retry_max_backoff_s,
@@ -194,13 +193,14 @@ async def run_stages(
             pipelines[topic_name(settings.topic_prefix, handler.topic_suffix)] = pipeline
         todo = batches(settings.topic_prefix, Workload(run, users=users), events,
                        batch_max or settings.batch_max_events)  # fmt: skip
-        warm = {b[0].topic: i for i, b in reversed(list(enumerate(todo)))}
+        first_of_topic = set({b[0].topic: i for i, b in reversed(list(enumerate(todo)))}.values())
+        settled_at = max(first_of_topic) + 1
         by_topic: dict[str, StageCpu] = defaultdict(StageCpu)
         for i, batch in enumerate(todo):
-            if i == max(warm.values()) + 1:
+            if i == settled_at:
                 gc_policy.settle_after_start()  # as the worker, after its start-up
             topic = batch[0].topic
-            steps.current = by_topic[topic] if i not in warm.values() else StageCpu()
+            steps.current = StageCpu() if i in first_of_topic else by_topic[topic]
             cpu_at, wall_at = time.process_time(), time.perf_counter()
             outcome = await pipelines[topic].process(batch)
             steps.current.total += time.process_time() - cpu_at

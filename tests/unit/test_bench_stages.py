@@ -29,6 +29,12 @@ def test_a_figure_is_microseconds_per_event_and_rest_is_what_the_steps_leave() -
     figure = StageFigure.of("session-events", cpu)
     assert (figure.decode_us, figure.postgres_us, figure.redis_us) == (10.0, 25.0, 5.0)
     assert (figure.rest_us, figure.total_us, figure.wall_us) == (5.0, 45.0, 100.0)
+    assert figure.server_us is None  # PostgreSQL not a local process: no figure
+
+
+def test_the_server_figure_is_postgresql_cpu_per_event() -> None:
+    cpu = StageCpu(events=2_000, total=0.09, server=0.07)
+    assert StageFigure.of("all", cpu).server_us == 35.0
 
 
 def test_the_stages_table_has_a_row_per_topic_and_the_summary_the_total() -> None:
@@ -39,4 +45,5 @@ def test_the_stages_table_has_a_row_per_topic_and_the_summary_the_total() -> Non
     ]
     report = build_report(r)
     assert report["write_path_cpu_us_per_event"] == 40.0
+    assert report["write_path_postgres_cpu_us_per_event"] is None
     assert stages_table(report).row_count == 2

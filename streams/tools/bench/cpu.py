@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
+from streams.store.postgres import Connection
 
 CpuTimes = dict[int, float]
 """CPU time (user + system) in seconds, by pid."""
@@ -149,7 +149,7 @@ class PostgresCpu:
         self.postmaster = postmaster
 
     @classmethod
-    def find(cls, conn: asyncpg.Connection[asyncpg.Record]) -> PostgresCpu | None:
+    def find(cls, conn: Connection) -> PostgresCpu | None:
         """From the backend serving `conn`; None unless it is a local `postgres` process
         whose parent (the postmaster) is one too."""
         backend = read_stat(conn.get_server_pid())
@@ -165,6 +165,6 @@ class PostgresCpu:
         return tree_cpu(self.postmaster)
 
     @staticmethod
-    async def foreign(conn: asyncpg.Connection[asyncpg.Record]) -> set[int]:
+    async def foreign(conn: Connection) -> set[int]:
         """Pids of the backends serving other databases than `conn`'s, to exclude."""
         return {int(row["pid"]) for row in await conn.fetch(FOREIGN_BACKENDS)}

@@ -188,6 +188,9 @@ def build_report(r: Results) -> dict[str, Any]:
         "write_path_cpu_us_per_event": next(
             (f.total_us for f in r.stages if f.topic == "all"), None
         ),
+        "write_path_postgres_cpu_us_per_event": next(
+            (f.server_us for f in r.stages if f.topic == "all"), None
+        ),
         "freshness_p99_ms": {str(f.rate): _num(f.latency.p99_ms) for f in r.freshness},
         "read_p99_ms": _p99_by_kind(r.reads, "redis"),
         "postgres_read_p99_ms": _p99_by_kind(r.reads, "postgres"),
@@ -372,6 +375,10 @@ def summary_table(report: dict[str, Any]) -> Table:
         (
             "CPU per event of the write path alone, in process (µs)",
             _fmt(report["write_path_cpu_us_per_event"]),
+        ),
+        (
+            "PostgreSQL CPU per event of the write path alone (µs)",
+            _fmt(report["write_path_postgres_cpu_us_per_event"]),
         ),
         *(
             (
@@ -562,8 +569,13 @@ def tables(report: dict[str, Any]) -> list[Table]:
 
 def stages_table(report: dict[str, Any]) -> Table:
     """The write path alone, stage by stage (streams/tools/bench/stages.py)."""
-    table = Table(title="Write path alone (no Kafka, no Faust): CPU µs per event by step")
-    columns = ("topic", "events", "decode", "PostgreSQL", "Redis", "rest", "CPU total", "wall")
+    table = Table(
+        title="Write path alone (no Kafka, no Faust): CPU µs per event by step",
+        caption="decode … CPU total: this process (PostgreSQL: its client side); "
+        "PostgreSQL server: the server's own CPU over the same batches",
+    )
+    columns = ("topic", "events", "decode", "PostgreSQL", "Redis", "rest", "CPU total", "wall",
+               "PostgreSQL server")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "topic" else "right")
     for row in report.get("stages", []):
@@ -573,6 +585,7 @@ def stages_table(report: dict[str, Any]) -> Table:
             *(_fmt(row[k]) for k in ("decode_us", "postgres_us", "redis_us", "rest_us")),
             _fmt(row["total_us"]),
             _fmt(row["wall_us"]),
+            _fmt(row.get("server_us")),
         )
     return table
 

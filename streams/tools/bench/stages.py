@@ -11,7 +11,11 @@ and reports the CPU time per event of each step of `streams.write.pipeline`:
 - **PostgreSQL**: the unit of work, client side (the handlers' reducers and
   the parameters asyncpg encodes, TLS included when the server offers it);
 - **Redis**: packing the batch's commands and reading the replies;
-- **rest**: what `process` spends around those (splitting, counting).
+- **rest**: what `process` spends around those (splitting, counting);
+- **PostgreSQL server**: the CPU time of the local PostgreSQL cluster over
+  each batch (`cpu.PostgresCpu`: backends of this database and the
+  background processes), per event: what the same statements cost the
+  server. None when PostgreSQL is not a local process.
 
 Batches are what the worker takes when a backlog waits: `BATCH_MAX_EVENTS`
 of one topic, the three topics in turn, each topic's messages spread over
@@ -37,6 +41,7 @@ from streams.projections import RedisOp
 from streams.settings import Settings
 from streams.store.base import DeadLetterRow, StoredEvent
 from streams.store.migrate import migrate
+from streams.tools.bench.cpu import PostgresCpu, cpu_delta
 from streams.tools.bench.env import BenchEnv
 from streams.tools.bench.workload import Workload
 from streams.worker import gc_policy
@@ -58,6 +63,8 @@ class StageCpu:
     redis: float = 0.0
     total: float = 0.0
     wall: float = 0.0
+    server: float | None = None
+    """PostgreSQL's CPU seconds over the batches (None: not a local server)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,8 @@ class StageFigure:
     total_us: float
     wall_us: float
     """Wall time per event: the CPU plus the waits for PostgreSQL and Redis."""
+    server_us: float | None = None
+    """PostgreSQL's own CPU per event (server side); None when it is not local."""
 
     @classmethod
     def of(cls, topic: str, cpu: StageCpu) -> StageFigure:
@@ -91,6 +100,7 @@ class StageFigure:
             us(rest),
             us(cpu.total),
             us(cpu.wall),
+            None if cpu.server is None else us(cpu.server),
         )
 
 
@@ -173,6 +183,8 @@ async def run_stages(
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+            server = PostgresCpu.find(conn)
+            foreign = await server.foreign(conn) if server else set()
         steps = _Steps()
         pipelines: dict[str, TimedPipeline] = {}
         for handler in handlers(settings).values():
@@ -201,17 +213,23 @@ async def run_stages(
                 gc_policy.settle_after_start()  # as the worker, after its start-up
             topic = batch[0].topic
             steps.current = StageCpu() if i in first_of_topic else by_topic[topic]
+            server_at = server.sample() if server else {}
             cpu_at, wall_at = time.process_time(), time.perf_counter()
             outcome = await pipelines[topic].process(batch)
             steps.current.total += time.process_time() - cpu_at
             steps.current.wall += time.perf_counter() - wall_at
             steps.current.events += outcome.messages
+            if server:
+                spent = cpu_delta(server_at, server.sample(), foreign)
+                steps.current.server = (steps.current.server or 0.0) + spent
             if outcome.dead_letters:
                 raise RuntimeError(f"stages: dead letters in a valid workload: {outcome.reasons}")
         total = StageCpu()
         for cpu in by_topic.values():
             for name in ("events", "decode", "postgres", "redis", "total", "wall"):
                 setattr(total, name, getattr(total, name) + getattr(cpu, name))
+            if cpu.server is not None:
+                total.server = (total.server or 0.0) + cpu.server
         suffix = {topic_name(settings.topic_prefix, s): s for s in SOURCE_TOPICS}
         return [
             *(StageFigure.of(suffix[t], cpu) for t, cpu in by_topic.items()),

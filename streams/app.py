@@ -27,7 +27,7 @@ from streams.worker.faust_options import faust_options, raw_topic
 from streams.worker.kafka_transport import Transport as KafkaTransport
 from streams.worker.preflight import exit_unless_admitted
 from streams.worker.runtime import Runtime
-from streams.worker.timers import TIMERS, heartbeat_stopped, write_beat
+from streams.worker.timers import TIMERS, guarded, heartbeat_stopped, write_beat
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -110,4 +110,4 @@ for _name, _topic in source_topics.items():
     app.agent(_topic, name=_name)(agent_for(_name))
 
 for _timer in TIMERS:
-    app.timer(interval=_timer.interval_s(settings), on_leader=_timer.on_leader)(_timer.run)
+    app.timer(interval=_timer.interval_s(settings), on_leader=_timer.on_leader)(guarded(_timer.run))

@@ -9,6 +9,7 @@ logs and the next tick tries again; none ever raises into Faust.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -145,6 +146,27 @@ async def heartbeat_stopped(runtime: Runtime) -> None:
             await heartbeat.stopped(conn, runtime.settings)
     except Exception as exc:
         log.warning("heartbeat: could not record the stop: %r", exc)
+
+
+def guarded(run: Callable[[App], Awaitable[None]]) -> Callable[[App], Awaitable[None]]:
+    """`run`, but an exception it raises is logged and goes no further.
+
+    Faust crashes the whole worker when a timer raises (mode's Service treats
+    it as a crashed task), so one refused write in a periodic job (a WRONGTYPE
+    answer to the idle sweep: a key of ours that someone else rewrote with
+    another type) would stop every agent. Each timer already waits out or
+    logs what it expects; this is the last line for what it does not: the
+    next tick runs it again. Cancellation (BaseException) still goes through.
+    """
+
+    @functools.wraps(run)
+    async def timer(app: App) -> None:
+        try:
+            await run(app)
+        except Exception:
+            log.exception("timer %s failed; it runs again at its next tick", run.__name__)
+
+    return timer
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,3 +357,43 @@ async def test_faust_cli_runs_the_same_worker(
         assert got["speaker_id"] == "9"
     finally:
         assert w.stop() == 0
+
+
+async def test_a_key_of_another_type_does_not_stop_the_idle_sweep_or_the_worker(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis_keys: RedisKeys,
+    pool: asyncpg.Pool,
+) -> None:
+    """Someone rewrote a user's state key as a string: the sweep's Redis write gets
+    WRONGTYPE. It is logged (the key is left for `rpcache replay`), PostgreSQL still
+    records the expiry, and the worker goes on (a timer that raised crashed it)."""
+    u = user()
+    almost_idle = datetime.now(UTC) - timedelta(minutes=30) + timedelta(seconds=3)
+    sid = await publisher.session_started(u, speaker_id=1, occurred_at=almost_idle)
+    await eventually(lambda: redis_keys.exists(user_state_key(u)), lambda n: n == 1)
+    await redis_keys.delete(user_state_key(u))
+    state = user_state_key(u)
+    await redis_keys.on(state).set(redis_keys.stored(state), "not a hash")
+    try:
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT status FROM sessions WHERE session_id = $1", uuid.UUID(sid)
+            ),
+            lambda status: status == "expired",
+            timeout_s=20,
+        )
+        await eventually(
+            lambda: _log_has(worker, "timer sweep_idle_sessions failed"), lambda found: found
+        )
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log_text()[-3000:]
+        # and it still takes events
+        other = user()
+        await publisher.user_login(other)
+        await eventually(lambda: redis_keys.exists(user_state_key(other)), lambda n: n == 1)
+    finally:
+        await redis_keys.delete(user_state_key(u))
+
+
+async def _log_has(worker: WorkerProcess, text: str) -> bool:
+    return text in worker.log_text()

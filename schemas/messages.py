@@ -23,6 +23,13 @@ DEAD_LETTER_ID_NAMESPACE: Final = uuid.UUID("2904e525-f308-4d91-b936-502d96f7f8b
 KAFKA_ORIGINAL_LIMIT: Final = 256 * 1024
 """Bytes of the original value carried in a dead-letter message; PostgreSQL keeps all."""
 
+KAFKA_KEY_LIMIT: Final = 1024
+"""Bytes of the original key a dead-letter message carries (as its own Kafka key and
+in `key`); PostgreSQL keeps all. SPEC §3 keys are user_ids of at most 128 characters."""
+
+TEXT_LIMIT: Final = 1000
+"""Characters of a dead letter's `detail` and `event_id` (stored and published)."""
+
 
 def dead_letter_id(source_topic: str, partition: int, offset: int, reason: str) -> str:
     """The stable id of a dead letter: UUIDv5 of `{source_topic}/{partition}/{offset}/{reason}`.
@@ -74,12 +81,16 @@ class DeadLetterMessage(_Message):
     offset: NonNegative = Field(description="Offset in that partition.")
     event_id: str | None = Field(
         description="The message's event_id when it had a string one (not necessarily a"
-        " valid UUID: it may be why the message was rejected), else null."
+        f" valid UUID: it may be why the message was rejected), else null. At most"
+        f" {TEXT_LIMIT} characters; U+0000 and lone surrogates replaced by U+FFFD."
     )
     key: str | None = Field(
         description="The message's key as UTF-8 text (undecodable bytes replaced by U+FFFD),"
-        " null when it had none. This message's own Kafka key is the original bytes."
+        f" cut at {KAFKA_KEY_LIMIT} bytes; null when it had none. This message's own Kafka"
+        " key is the original bytes, cut the same way. PostgreSQL's"
+        " dead_letters.message_key keeps it whole."
     )
+    key_size: NonNegative = Field(description="Bytes of the whole original key (0: none).")
     original: str = Field(
         description="Base64 (standard alphabet, padded) of the message's value as received,"
         f" cut at {KAFKA_ORIGINAL_LIMIT} bytes (256 KiB); empty for a null value (tombstone)."

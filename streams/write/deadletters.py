@@ -22,7 +22,13 @@ from datetime import UTC, datetime
 import asyncpg
 
 from schemas.events import Rejection
-from schemas.messages import KAFKA_ORIGINAL_LIMIT, DeadLetterMessage, dead_letter_id
+from schemas.messages import (
+    KAFKA_KEY_LIMIT,
+    KAFKA_ORIGINAL_LIMIT,
+    TEXT_LIMIT,
+    DeadLetterMessage,
+    dead_letter_id,
+)
 from streams import model
 from streams.store.base import DeadLetterRow, Store, StoredDeadLetter
 from streams.store.postgres_store import PostgresStore
@@ -30,6 +36,21 @@ from streams.store.postgres_store import PostgresStore
 log = logging.getLogger(__name__)
 
 Publish = model.Publish
+
+
+def stored_text(text: str) -> str:
+    """`text` as PostgreSQL's `text` can hold it, cut at `TEXT_LIMIT` characters.
+
+    A rejected message's own strings (its event_id, a detail quoting it) may hold
+    what made it bad: U+0000, which PostgreSQL's text type refuses ("invalid byte
+    sequence for encoding UTF8: 0x00"), or a lone surrogate, which is not UTF-8.
+    Written as they are, the batch's transaction failed and every event of it went
+    through the slow one-by-one path, the bad one ending as a processing_error
+    without its id. Each such character becomes U+FFFD, as undecodable key bytes
+    do (schemas.messages.DeadLetterMessage.key).
+    """
+    cut = text[:TEXT_LIMIT]
+    return cut.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def dead_letter_row(
@@ -55,25 +76,40 @@ def dead_letter_row(
         offset=offset,
         key=key,
         reason=str(rejection.reason),
-        detail=rejection.detail,
-        event_id=rejection.event_id,
+        detail=stored_text(rejection.detail),
+        event_id=None if rejection.event_id is None else stored_text(rejection.event_id),
         original=original,
     )
 
 
+def message_key(row: StoredDeadLetter) -> bytes | None:
+    """The dead-letter message's Kafka key: the original key, cut at `KAFKA_KEY_LIMIT`
+    bytes. An uncut key of a few MB made the broker refuse the message
+    (MessageSizeTooLargeError) on every flush, and every later dead letter waited
+    behind it; PostgreSQL's dead_letters.message_key keeps it whole."""
+    return None if row.message_key is None else bytes(row.message_key[:KAFKA_KEY_LIMIT])
+
+
 def dead_letter_message(row: StoredDeadLetter) -> DeadLetterMessage:
-    """The message published for one dead_letters row (its `to_json()` is the value)."""
+    """The message published for one dead_letters row (its `to_json()` is the value).
+
+    Bounded whatever the original was: `original` cut at KAFKA_ORIGINAL_LIMIT
+    bytes, the key at KAFKA_KEY_LIMIT, the event_id and detail at TEXT_LIMIT
+    characters (each \\uXXXX-escaped control character is 6 bytes of JSON), so
+    the message stays under 1 MB, Kafka's default `message.max.bytes`.
+    """
     original: bytes = row.original or b""
-    key = row.message_key
+    key = message_key(row)
     return DeadLetterMessage(
         dead_letter_id=dead_letter_id(row.topic, row.kafka_partition, row.kafka_offset, row.reason),
         reason=row.reason,
-        detail=row.detail,
+        detail=row.detail[:TEXT_LIMIT],
         source_topic=row.topic,
         partition=row.kafka_partition,
         offset=row.kafka_offset,
-        event_id=row.event_id,
-        key=bytes(key).decode("utf-8", "replace") if key is not None else None,
+        event_id=None if row.event_id is None else row.event_id[:TEXT_LIMIT],
+        key=key.decode("utf-8", "replace") if key is not None else None,
+        key_size=len(row.message_key or b""),
         original=base64.b64encode(original[:KAFKA_ORIGINAL_LIMIT]).decode(),
         original_size=len(original),
         original_truncated=len(original) > KAFKA_ORIGINAL_LIMIT,
@@ -104,7 +140,7 @@ async def flush(store: Store | asyncpg.Pool, publish: Publish, topic: str, batch
                 return sent
             # 2. publish
             for row in rows:
-                await publish(topic, row.message_key, dead_letter_message(row).to_json())
+                await publish(topic, message_key(row), dead_letter_message(row).to_json())
             # 3. mark (committed on leaving the block)
             await tx.mark_dead_letters_published([r.id for r in rows])
         sent += len(rows)

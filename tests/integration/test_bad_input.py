@@ -57,7 +57,14 @@ CASES: list[tuple[str, str, object]] = [
     ("synthesis-events", "not_an_object", b'"just a string"'),
     ("session-events", "invalid_fields", ev("session.started", speaker_id=None)),
     ("session-events", "invalid_fields", ev("user.login", occurred_at="yesterday")),
+    # U+0000 in the id: its dead letter must still go into PostgreSQL's text columns
+    ("session-events", "invalid_fields", ev("user.login", event_id="\x00abc")),
+    ("inference-events", "unknown_type", ev("ai.guessed", event_id="\x00" * 5_000)),
 ]
+
+BIG_KEY = b"\x01" * 900_000
+"""A key whose dead letter, the key carried whole (and JSON-escaped, 6 bytes a byte),
+was more than the broker takes: refused on every flush, and the outbox timer crashed."""
 
 
 async def test_bad_input_on_every_family(test_env: dict[str, str]) -> None:
@@ -67,6 +74,7 @@ async def test_bad_input_on_every_family(test_env: dict[str, str]) -> None:
         for suffix, _, payload in CASES:
             raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
             await pub.publish_raw(prefix + suffix, key, raw)
+        await pub.publish_raw(prefix + "session-events", BIG_KEY, b"{not json")
         # A duplicate event_id with other content: the first wins, the second is a conflict.
         dup = str(uuid.uuid4())
         first = await pub.ai_response(
@@ -115,6 +123,23 @@ async def test_bad_input_on_every_family(test_env: dict[str, str]) -> None:
                 want.append("duplicate_event_conflict")
             assert by_topic[suffix] == want
         assert all(r["detail"] for r in rows)
+        big = await eventually(
+            lambda: run.pool.fetchrow(
+                "SELECT reason, length(message_key) AS n FROM dead_letters"
+                " WHERE topic = $1 AND message_key <> $2",
+                prefix + "session-events",
+                key,
+            ),
+            lambda r: r is not None,
+        )
+        assert (big["reason"], big["n"]) == ("invalid_json", len(BIG_KEY))  # kept whole
+        # Every dead letter reached the topic: none is refused, none waits behind one.
+        await eventually(
+            lambda: run.pool.fetchval(
+                "SELECT count(*) FROM dead_letters WHERE published_at IS NULL"
+            ),
+            lambda n: n == 0,
+        )
         stored = await run.pool.fetchval(
             "SELECT payload FROM events WHERE event_id = $1", uuid.UUID(dup)
         )

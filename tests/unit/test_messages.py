@@ -12,14 +12,16 @@ import pytest
 
 from schemas.messages import (
     DEAD_LETTER_ID_NAMESPACE,
+    KAFKA_KEY_LIMIT,
     KAFKA_ORIGINAL_LIMIT,
+    TEXT_LIMIT,
     AlertMessage,
     DeadLetterMessage,
     dead_letter_id,
 )
 from streams.observe.alerts import Alert
 from streams.store.base import StoredDeadLetter
-from streams.write.deadletters import dead_letter_message
+from streams.write.deadletters import dead_letter_message, message_key, stored_text
 
 AT = datetime(2025, 1, 30, 10, 30, 0, 123456, tzinfo=UTC)
 
@@ -83,6 +85,7 @@ def test_dead_letter_wire_fields() -> None:
         "offset": 42,
         "event_id": "not-a-uuid",
         "key": "user123",
+        "key_size": 7,
         "original": base64.b64encode(b'{"type": "user.login", ').decode(),
         "original_size": 23,
         "original_truncated": False,
@@ -105,6 +108,52 @@ def test_dead_letter_original_and_key(
     assert msg.key == want_key
     assert msg.original_size == size and msg.original_truncated is truncated
     assert base64.b64decode(msg.original) == (original or b"")[:KAFKA_ORIGINAL_LIMIT]
+
+
+@pytest.mark.parametrize(
+    ("key", "event_id", "detail"),
+    [
+        (b"\x01" * 1_000_000, None, "x"),  # a control-byte key: 6 bytes of JSON each
+        (b"k" * 5_000_000, None, "x"),
+        (b"user123", "e" * 1_000_000, "x"),  # an event_id near the value's limit
+        (b"user123", "\x00" * 300_000, "d" * 2_000_000),
+        (b"\xff" * 100_000, "\u2028" * 50_000, "\x1f" * 50_000),
+    ],
+    ids=["control-key", "long-key", "long-event-id", "nul-event-id", "mixed"],
+)
+def test_a_dead_letter_message_stays_under_kafkas_default_message_size(
+    key: bytes, event_id: str | None, detail: str
+) -> None:
+    """Whatever the original was, the message fits Kafka's default `message.max.bytes`
+    (1 MB): a broker that refused it would refuse it on every flush, and every later
+    dead letter would wait behind it."""
+    stored = row(
+        message_key=key,
+        event_id=event_id,
+        detail=detail,
+        original=b"o" * (3 * KAFKA_ORIGINAL_LIMIT),
+    )
+    msg = dead_letter_message(stored)
+    kafka_key = message_key(stored)
+    assert kafka_key is not None and len(kafka_key) <= KAFKA_KEY_LIMIT
+    assert kafka_key == key[:KAFKA_KEY_LIMIT]  # the original key's start: same partition
+    assert len(msg.to_json()) + len(kafka_key) < 1_000_000
+    assert msg.key_size == len(key)
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("4b2c…", "4b2c…"),
+        ("\x00abc", "\ufffdabc"),  # PostgreSQL's text refuses U+0000
+        ("a\ud800b", "a?b"),  # a lone surrogate is not UTF-8
+        ("x" * (TEXT_LIMIT + 5), "x" * TEXT_LIMIT),
+        ("日本語\U0001f600", "日本語\U0001f600"),
+    ],
+)
+def test_a_dead_letters_own_text_is_what_postgresql_can_store(text: str, stored: str) -> None:
+    assert stored_text(text) == stored
+    stored_text(text).encode("utf-8")  # never raises
 
 
 def test_consumers_can_parse_with_the_models() -> None:

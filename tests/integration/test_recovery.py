@@ -124,6 +124,16 @@ async def test_flushall_then_replay_restores_every_key_and_ttl(test_env: dict[st
         assert_same(after, await snapshot(run.redis))
         assert again.written == summary.written
 
+        # Keys of ours someone rewrote with another type: replay deletes and rewrites them.
+        wrong = [session_key(made["session"]), ai_response_key("fresh")]
+        wrong += [k for k in after if k.startswith(("stats:", "metrics:"))][:2]
+        for key in wrong:
+            await run.redis.delete(key)
+            await run.redis.rpush(key, "not ours")  # a type no projection writes
+        repaired = await replay(run.pool, run.redis, run.settings)
+        assert_same(after, await snapshot(run.redis))
+        assert repaired.written == summary.written
+
 
 async def test_worker_rebuilds_redis_by_itself_after_a_restart(test_env: dict[str, str]) -> None:
     async with isolated_run(test_env, "rebuild", 12, REDIS_WATCH_INTERVAL_S="1") as run:

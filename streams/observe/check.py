@@ -31,7 +31,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
@@ -180,9 +180,10 @@ async def check_redis(settings: Settings) -> CheckResult:
 
 POLICY_RULES: dict[KeyFamily, tuple[Callable[[str], bool], str]] = {
     "sessions": (
-        lambda p: p.startswith("volatile-") or p == "noeviction",
-        "session state must live out its TTL, and allkeys-* evicts it early"
-        " (the design: volatile-ttl; any volatile-* or noeviction fits)",
+        lambda p: p == "noeviction",
+        "session state must live out its TTL (SPEC §8: never evicted before expiry), and"
+        " every key of the family has a TTL, so any volatile-* policy evicts it early too;"
+        " under noeviction a full node refuses writes (OOM) and the worker waits",
     ),
     "ai": (lambda p: p.endswith("-lru"), "the design evicts old AI responses by LRU (allkeys-lru)"),
     "voice": (
@@ -193,14 +194,31 @@ POLICY_RULES: dict[KeyFamily, tuple[Callable[[str], bool], str]] = {
 """SPEC §8 and the design's eviction per family: (does a policy fit, why)."""
 
 
+SHARED_RULE: Final[tuple[Callable[[str], bool], str]] = (
+    lambda p: p.startswith("volatile-") or p == "noeviction",
+    "one Redis serving session state and caches must not evict keys without a TTL"
+    " (allkeys-*); a Redis per family (SPEC §8) gives each its own eviction",
+)
+"""A target serving sessions with a cache family: one Redis has one policy, and no
+policy both keeps sessions to their expiry and evicts the caches (noeviction would
+stall the worker once the caches fill it). Any volatile-* is the compromise, which
+can evict session state early: readers then take it from PostgreSQL."""
+
+
 def judge_policy(families: tuple[KeyFamily, ...], policy: str) -> str | None:
     """None when `policy` fits the target's families, else why not; pure.
 
-    A target that serves the session family is judged by the session rule
-    only: one Redis has one policy, and evicting session state early is the
-    fault that matters; LRU/LFU preferences apply to a cache's own target.
+    A target of the session family alone must be `noeviction`; one that serves
+    sessions with caches is judged by `SHARED_RULE` only (evicting session state
+    early is the fault that matters; LRU/LFU preferences apply to a cache's own
+    target).
     """
-    judged = ("sessions",) if "sessions" in families else families
+    if "sessions" in families and len(families) > 1:
+        fits_shared, why_shared = SHARED_RULE
+        if fits_shared(policy):
+            return None
+        return f"maxmemory-policy {policy} does not fit {'+'.join(families)}: {why_shared}"
+    judged = families
     for family in judged:
         fits, why = POLICY_RULES[family]
         if not fits(policy):

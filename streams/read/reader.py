@@ -53,7 +53,7 @@ For a Sentinel target (`redis+sentinel://`) or a cluster target
 reads go to a replica, AI responses and voice clips to the master:
 
 - Sessions and user state are state with a TTL, not cache entries ranked for
-  eviction (the sessions target's policy is `volatile-ttl`), so who reads them
+  eviction (the sessions target's policy is `noeviction`), so who reads them
   changes nothing on the master. A replica lags its master by a few
   milliseconds: a read right after an event may see the state before it, or
   "absent" for a key just created (then PostgreSQL answers and writes it back

@@ -25,12 +25,12 @@ def master(name: str, slots: tuple[SlotRange, ...], policy: str | None, **kw: An
 
 
 DESIGN = [
-    master("m:1", (S,), "volatile-ttl"),
+    master("m:1", (S,), "noeviction"),
     master("m:2", (A,), "allkeys-lru"),
     master("m:3", (V,), "allkeys-lfu"),
 ]
 MOVED = [  # slots 5461-5470 of the AI range resharded to the voice master
-    master("m:1", (S,), "volatile-ttl"),
+    master("m:1", (S,), "noeviction"),
     master("m:2", (R(5471, 10922),), "allkeys-lru"),
     master("m:3", (R(5461, 5470), V), "allkeys-lfu"),
 ]
@@ -99,7 +99,7 @@ def _status(r: CheckResult) -> str:
             ALL,
             "design",
             [
-                master("m:1", (S,), "volatile-ttl", replicas=()),
+                master("m:1", (S,), "noeviction", replicas=()),
                 master("m:2", (A,), "allkeys-lru", replicas=(ReplicaView("r:2", "wait_bgsave"),)),
                 master("m:3", (V,), "allkeys-lfu", replicas=(ReplicaView("r:3", "online", 0, "allkeys-lru"),)),
             ],
@@ -145,7 +145,7 @@ def test_the_moved_slots_line_says_what_to_do() -> None:
 async def test_master_view_reads_each_node_alone() -> None:
     fake = FakeCluster(("m:1", [S], ("r:1", "r:9")), ("m:2", [A], ()))
     fake.infos["m:1"] |= {
-        "maxmemory_policy": "volatile-ttl",
+        "maxmemory_policy": "noeviction",
         "redis_version": "7.0.15",
         "master_repl_offset": 500,
         "slave0": {"ip": "r", "port": 1, "state": "online", "offset": 400},
@@ -156,7 +156,7 @@ async def test_master_view_reads_each_node_alone() -> None:
     assert one == MasterView(
         "m:1",
         (S,),
-        "volatile-ttl",
+        "noeviction",
         (
             ReplicaView("r:1", "online", 100, "allkeys-lru"),
             ReplicaView("r:9", "disconnected", 0, "?"),

@@ -205,10 +205,13 @@ def test_family_urls_are_secrets() -> None:
 @pytest.mark.parametrize(
     ("families", "policy", "fits"),
     [
-        (("sessions", "ai", "voice"), "volatile-lru", True),  # one Redis: the session rule
+        (("sessions", "ai", "voice"), "volatile-lru", True),  # one Redis: the shared rule
+        (("sessions", "ai", "voice"), "noeviction", True),
+        (("sessions", "ai"), "volatile-ttl", True),
         (("sessions", "ai", "voice"), "allkeys-lru", False),
-        (("sessions",), "volatile-ttl", True),
-        (("sessions",), "noeviction", True),
+        (("sessions",), "noeviction", True),  # SPEC §8: never evicted before expiry
+        (("sessions",), "volatile-ttl", False),  # every key has a TTL: evicted early
+        (("sessions",), "volatile-lru", False),
         (("sessions",), "allkeys-lfu", False),
         (("ai",), "allkeys-lru", True),
         (("ai",), "volatile-lru", True),

@@ -8,7 +8,7 @@ eviction policy:
 
 | slots | family | master / replica | maxmemory-policy |
 |---|---|---|---|
-| 0–5460 | sessions | 6401 / 6404 | volatile-ttl |
+| 0–5460 | sessions | 6401 / 6404 | noeviction |
 | 5461–10922 | ai | 6402 / 6405 | allkeys-lru |
 | 10923–16383 | voice | 6403 / 6406 | allkeys-lfu |
 

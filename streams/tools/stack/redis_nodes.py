@@ -35,7 +35,7 @@ INSTALL_HINT = "bash scripts/install-system-deps.sh  (or: apt-get install redis-
 HOST: Final = "127.0.0.1"
 """Every node binds here only: a local stack, reachable from this machine alone."""
 POLICIES: Final[dict[KeyFamily, str]] = {
-    "sessions": "volatile-ttl",
+    "sessions": "noeviction",
     "ai": "allkeys-lru",
     "voice": "allkeys-lfu",
 }

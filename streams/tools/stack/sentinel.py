@@ -7,8 +7,8 @@ failure, and each family gets its own eviction policy and memory cap:
 
 | family | master / replica | maxmemory-policy | why |
 |---|---|---|---|
-| sessions | 6391 / 6392 | volatile-ttl | state must live out its TTL: only keys with |
-|          |             |              | a TTL are evicted, the soonest to expire first |
+| sessions | 6391 / 6392 | noeviction | state must live out its TTL (SPEC §8); a full |
+|          |             |            | node refuses writes and the worker waits       |
 | ai | 6393 / 6394 | allkeys-lru | old AI responses go first |
 | voice | 6395 / 6396 | allkeys-lfu | large clips kept by how often they are used |
 

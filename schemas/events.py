@@ -283,7 +283,9 @@ class VoiceSynthesized(SessionScoped):
     audio: Text = Field(
         description="Base64 (RFC 4648: standard alphabet, padded, no line breaks) of the"
         " audio bytes; the worker decodes it and rejects anything else. Decoded, at most"
-        " VOICE_MAX_AUDIO_BYTES (default 716800). The value of the voice key.",
+        " VOICE_MAX_AUDIO_BYTES (default 716800). Not empty on a miss (cache_hit false):"
+        " the miss caches it, and an empty clip would be served to every later reader as"
+        " a hit; a hit may send it empty. The value of the voice key.",
         json_schema_extra={"contentEncoding": "base64", "pattern": BASE64_PATTERN},
     )
     audio_format: Text = Field("wav", description="Container or codec of the audio.")
@@ -300,6 +302,8 @@ class VoiceSynthesized(SessionScoped):
             self._audio_bytes = decode_base64(self.audio)
         except binascii.Error as exc:
             raise ValueError(f"audio must be base64: {exc}") from None
+        if not self._audio_bytes and not self.cache_hit:
+            raise ValueError("audio is empty on a miss: it would be cached as an empty clip")
         return self
 
     @property

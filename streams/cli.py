@@ -179,7 +179,7 @@ def _print_summary(summary: ReplaySummary) -> None:
 
 @cli.command()
 def warmup(
-    top: int | None = typer.Option(None, help="Entries per family (default: WARMUP_TOP_N)."),
+    top: int | None = typer.Option(None, min=1, help="Entries per family (default: WARMUP_TOP_N)."),
 ) -> None:
     """Load the most used AI responses, voice clips and scenario contexts into Redis.
 

@@ -51,6 +51,7 @@ CASES: list[tuple[str, str, object]] = [
     ("inference-events", "wrong_topic", ev("voice.failed")),
     ("synthesis-events", "invalid_json", b"\xff\xfe not utf-8"),
     ("synthesis-events", "invalid_fields", ev("voice.synthesized", audio="***")),
+    ("synthesis-events", "invalid_fields", ev("voice.synthesized", audio="")),  # an empty miss
     ("synthesis-events", "invalid_fields", ev("voice.synthesized", speaker_id=-3)),
     ("synthesis-events", "invalid_fields", ev("voice.failed", text=None)),
     ("synthesis-events", "invalid_fields", ev("voice.synthesized", event_id="not-a-uuid")),

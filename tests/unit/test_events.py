@@ -273,6 +273,12 @@ BAD: list[tuple[str, Any, RejectReason, str]] = [
         "audio",
     ),
     (
+        "audio empty (a miss would cache an empty clip, served as a hit)",
+        event(type="voice.synthesized", speaker_id=1, text="t", audio="", latency_ms=1),
+        RejectReason.INVALID_FIELDS,
+        "audio",
+    ),
+    (
         "NUL in a string",
         event(type="user.login", preferences={"k": "a\x00b"}),
         RejectReason.NUL_CHARACTER,
@@ -424,3 +430,15 @@ def test_an_escaped_backslash_before_u0000_is_text_not_nul() -> None:
     result = decode(event(type="user.login", preferences={"k": "a\\u0000b"}))
     assert not isinstance(result, Rejection)
     assert result.preferences == {"k": "a\\u0000b"}
+
+
+def test_a_hit_may_send_its_audio_empty() -> None:
+    """A hit writes nothing, so its audio is not needed (the load generator sends none)."""
+    raw = orjson.dumps(
+        event(
+            type="voice.synthesized", speaker_id=1, text="t", audio="", latency_ms=1, cache_hit=True
+        )
+    )
+    assert isinstance(
+        decode_event(raw, topic="synthesis-events", max_bytes=10**6), VoiceSynthesized
+    )

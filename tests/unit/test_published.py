@@ -157,7 +157,7 @@ def good(kind: str = "voice.synthesized", **changes: Any) -> dict[str, Any]:
         {"occurred_at": "2025-01-30T19:30:00.123456789+09:00"},
         {"occurred_at": "2025-01-30t10:30:00z"},
         {"event_id": SID.lower()},
-        {"audio": ""},
+        {"audio": "", "cache_hit": True},  # a hit may send no audio (not a miss)
         {"latency_ms": 0.25},
         {"speaker_id": 2_147_483_647},
         {"cache_hit": True, "audio_format": "ogg"},

@@ -87,6 +87,8 @@ class BatchOutcome:
     new: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    misrouted: int = 0
+    """Valid events whose Kafka key is not their user_id (`misrouted`): accepted."""
     redis_ops: int = 0
     retries: int = 0
     split: bool = False

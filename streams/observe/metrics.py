@@ -181,6 +181,13 @@ class PipelineMetrics:
             ["agent", "reason"],
             registry=registry,
         )
+        self.misrouted = PromCounter(
+            "rpcache_events_misrouted",
+            "Valid events keyed other than by their user_id (or not keyed), accepted:"
+            " Kafka keeps one user's events in order only when keyed by user_id.",
+            labels,
+            registry=registry,
+        )
         self.retries = PromCounter(
             "rpcache_batch_retries",
             "Retried attempts of a batch step (Redis or PostgreSQL unavailable).",
@@ -209,7 +216,14 @@ class PipelineMetrics:
             registry=registry,
         )
         for name in AGENT_TOPICS:  # every series exists from the start, at 0
-            for metric in (self.consumed, self.projected, self.new, self.duplicates, self.retries):
+            for metric in (
+                self.consumed,
+                self.projected,
+                self.new,
+                self.duplicates,
+                self.misrouted,
+                self.retries,
+            ):
                 metric.labels(name)
         self.throughput = ThroughputMeter()
         self.totals: dict[str, Counter[str]] = {name: Counter() for name in AGENT_TOPICS}
@@ -222,6 +236,7 @@ class PipelineMetrics:
         self.new.labels(agent).inc(outcome.new)
         self.duplicates.labels(agent).inc(outcome.duplicates)
         self.retries.labels(agent).inc(outcome.retries)
+        self.misrouted.labels(agent).inc(outcome.misrouted)
         for reason, n in Counter(outcome.reasons).items():
             self.dead_lettered.labels(agent, reason).inc(n)
         self.batch_size.labels(agent).observe(outcome.messages)

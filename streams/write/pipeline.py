@@ -54,6 +54,23 @@ log = logging.getLogger(__name__)
 SINGLE_EVENT_RETRY_PAUSES_S = (0.5, 2.0)
 """Before an event is dead-lettered as processing_error, it is tried again after these."""
 
+MISROUTED_LOG_EVERY_S = 60.0
+"""At most one warning a minute per pipeline for events keyed other than by user_id."""
+
+
+def misrouted(stored: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """The valid events whose Kafka key is not their user_id as UTF-8 (no key included).
+
+    SPEC §2 keys every event topic by user_id: that is what keeps one user's
+    events in one partition, in order. An event keyed otherwise is still a valid
+    event and is accepted (PostgreSQL's truth does not depend on the key), but
+    its order against the user's other events is no longer Kafka's to keep: a
+    session.activity may then be taken before its session.started
+    (unknown_session). So it is counted and logged, never silently taken.
+    """
+    return [s for s in stored if s.key != s.event.user_id.encode()]
+
+
 RedisWriter = Callable[[Sequence[RedisOp]], Awaitable[None]]
 """Writes a batch's Redis operations (by default `streams.sinks.redis.write_by_target`)."""
 
@@ -130,6 +147,7 @@ class BatchPipeline:
         self.health = health or ConnectionHealth()
         self.retrying = False
         """True while a batch waits for Redis or PostgreSQL to come back."""
+        self._misrouted_logged_at = -MISROUTED_LOG_EVERY_S
         self.on_batch = on_batch
         self.clock = clock
 
@@ -192,6 +210,7 @@ class BatchPipeline:
                     outcome.new += sub.new
                     outcome.duplicates += sub.duplicates
                     outcome.dead_letters += sub.dead_letters
+                    outcome.misrouted += sub.misrouted
                     outcome.redis_ops += sub.redis_ops
                     outcome.retries += sub.retries
                     outcome.freshness_s += sub.freshness_s
@@ -202,6 +221,9 @@ class BatchPipeline:
         # 1. decode
         stored, rejected = self._decode(messages)
         outcome.accepted = len(stored)
+        if wrong := misrouted(stored):
+            outcome.misrouted = len(wrong)
+            self._warn_misrouted(wrong)
 
         def count_retry() -> None:
             outcome.retries += 1
@@ -229,6 +251,27 @@ class BatchPipeline:
         if persisted.dead_letters:
             await self._publish_dead_letters(count_retry)
         # 5. the caller acknowledges; Faust commits the offsets afterwards
+
+    def _warn_misrouted(self, wrong: list[StoredEvent]) -> None:
+        """One warning per MISROUTED_LOG_EVERY_S at most (a producer that keys nothing
+        would otherwise log on every batch); the metric counts them all."""
+        now = time.monotonic()
+        if now - self._misrouted_logged_at < MISROUTED_LOG_EVERY_S:
+            return
+        self._misrouted_logged_at = now
+        first = wrong[0]
+        log.warning(
+            "%d event(s) of this batch keyed other than by their user_id, e.g. %s[%d]@%d"
+            " keyed %r for user %r: accepted, but Kafka keeps one user's events in order"
+            " only when they are keyed by user_id (SPEC §2); counted in"
+            " rpcache_events_misrouted_total, this warning at most once a minute",
+            len(wrong),
+            first.topic,
+            first.partition,
+            first.offset,
+            None if first.key is None else first.key[:64],
+            first.event.user_id,
+        )
 
     def _decode(
         self, messages: Sequence[RawMessage]

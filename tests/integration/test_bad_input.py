@@ -76,6 +76,9 @@ async def test_bad_input_on_every_family(test_env: dict[str, str]) -> None:
             raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
             await pub.publish_raw(prefix + suffix, key, raw)
         await pub.publish_raw(prefix + "session-events", BIG_KEY, b"{not json")
+        # Valid, but keyed by someone else: accepted, counted and named in a warning.
+        misrouted = ev("user.login", user_id="keyed-user", session_id=None)
+        await pub.publish_raw(prefix + "session-events", b"someone-else", orjson.dumps(misrouted))
         # A duplicate event_id with other content: the first wins, the second is a conflict.
         dup = str(uuid.uuid4())
         first = await pub.ai_response(
@@ -149,6 +152,9 @@ async def test_bad_input_on_every_family(test_env: dict[str, str]) -> None:
             lambda: run.pool.fetchval("SELECT count(*) FROM events WHERE user_id = 'good-user'"),
             lambda n: n == 3,
         )
+
+        await eventually(lambda: stored_count(run.pool, [misrouted["event_id"]]), lambda n: n == 1)
+        assert "keyed other than by their user_id" in run.worker.log_text()
 
         # No counter moved for the bad input: only the good events and the first duplicate.
         counters = dict(

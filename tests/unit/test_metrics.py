@@ -119,6 +119,7 @@ def test_pipeline_metrics_count_a_batch() -> None:
             new=3,
             duplicates=1,
             dead_letters=1,
+            misrouted=2,
             retries=2,
             reasons=["invalid_json"],
             topic="session-events",
@@ -132,6 +133,7 @@ def test_pipeline_metrics_count_a_batch() -> None:
     assert v("rpcache_events_projected_total") == 5
     assert v("rpcache_events_new_total") == 4
     assert v("rpcache_events_duplicate_total") == 1
+    assert v("rpcache_events_misrouted_total") == 2
     assert v("rpcache_batch_retries_total") == 2
     assert v("rpcache_events_dead_lettered_total", reason="invalid_json") == 1
     assert v("rpcache_batch_size_count") == 2

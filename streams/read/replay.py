@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 import asyncpg
 from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,7 +29,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from streams.projections import Delete, RedisOp
 from streams.read.recompute import CHUNK, KEY_KINDS, KeyFilter, kind_chunks
 from streams.redis_targets import KEY_FAMILIES, REPLAY_KINDS, RedisTargets, as_targets
 from streams.retry import until_done
@@ -137,7 +135,7 @@ async def replay(
                     if limiter is not None:
                         await limiter.acquire(count)
                     await until_done(
-                        lambda ops=ops: write_rewriting(targets, ops),  # type: ignore[misc]
+                        lambda ops=ops: redis_sink.write_rewriting(targets, ops),  # type: ignore[misc]
                         max_backoff_s=settings.retry_max_backoff_s,
                     )
                     summary.written[kind] += count
@@ -150,42 +148,6 @@ async def replay(
             )  # fmt: skip
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def is_wrong_type(exc: BaseException) -> bool:
-    """Redis's WRONGTYPE answer: the key holds another type than the command's."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
-
-
-async def write_rewriting(targets: RedisTargets, ops: list[RedisOp]) -> None:
-    """Write `ops` (`redis_sink.write_by_target`, which cuts `ops` down to what did
-    not land when it raises); a key that holds another type (someone else's SET on
-    one of our hashes) is deleted and written again.
-
-    The worker only logs a WRONGTYPE answer (it cannot tell whose the key is);
-    replay is what the operator runs to put the keys back, so it rewrites them
-    (README, "Failures: wait or dead letter"). Key by key only after a WRONGTYPE,
-    so a replay without one costs a round trip per target as before. Raises what
-    `write_by_target` raises for anything else.
-    """
-    try:
-        await redis_sink.write_by_target(targets, ops)
-        return
-    except ResponseError as exc:
-        if not is_wrong_type(exc):
-            raise
-    by_key: dict[str, list[RedisOp]] = {}
-    for op in ops:
-        by_key.setdefault(op.key, []).append(op)
-    for key, key_ops in by_key.items():
-        try:
-            await redis_sink.write_by_target(targets, list(key_ops))
-        except ResponseError as exc:
-            if not is_wrong_type(exc):
-                raise
-            log.warning("replay: %s held another type; deleted and written again", key)
-            await redis_sink.write_by_target(targets, [Delete(key), *key_ops])
-    ops.clear()
 
 
 def _step(rate: float | None) -> int:

@@ -10,15 +10,19 @@ error reply is raised once all replies are in, as `Pipeline.execute` does.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ResponseError
 
 from schemas.keys import ClusterLayout, KeyFamily
-from streams.projections import RedisOp
+from streams.projections import Delete, RedisOp
 from streams.redis_targets import Client, RedisTargets, key_family
 from streams.sinks import redis_cluster
 from streams.sinks.resp import pack, read_replies
+
+log = logging.getLogger(__name__)
 
 
 async def write(redis: Redis, ops: Sequence[RedisOp]) -> None:
@@ -102,3 +106,40 @@ async def write_target(client: Client, ops: list[RedisOp], layout: ClusterLayout
         await redis_cluster.write(client, ops, layout)
     else:
         await write(client, ops)
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    """Redis's WRONGTYPE answer: the key holds another type than the command's."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+async def write_rewriting(targets: RedisTargets, ops: list[RedisOp]) -> None:
+    """Write `ops` (`write_by_target`, which cuts `ops` down to what did
+    not land when it raises); a key that holds another type (someone else's SET on
+    one of our hashes) is deleted and written again.
+
+    For writers whose keys are theirs alone: `rpcache replay`, which the operator
+    runs to put the keys back (the worker's batches only log a WRONGTYPE answer:
+    README, "Failures: wait or dead letter"), and the stats writer, the one writer
+    of stats:realtime:{day}. Key by key only after a WRONGTYPE, so a write without
+    one costs a round trip per target as before. Raises what `write_by_target`
+    raises for anything else.
+    """
+    try:
+        await write_by_target(targets, ops)
+        return
+    except ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+    by_key: dict[str, list[RedisOp]] = {}
+    for op in ops:
+        by_key.setdefault(op.key, []).append(op)
+    for key, key_ops in by_key.items():
+        try:
+            await write_by_target(targets, list(key_ops))
+        except ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            log.warning("%s held another type; deleted and written again", key)
+            await write_by_target(targets, [Delete(key), *key_ops])
+    ops.clear()

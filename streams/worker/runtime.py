@@ -204,8 +204,8 @@ class Runtime:
         now, now_mono = datetime.now(UTC), time.monotonic()
         async with self.pool.acquire() as conn, conn.transaction():
             ops, written = await self.stats.due(conn, now, now_mono)
-        if ops:
-            await redis_sink.write_by_target(self.targets, ops)
+        if ops:  # the hash is ours alone: one of another type is rewritten
+            await redis_sink.write_rewriting(self.targets, ops)
             self.stats.remember(written, now_mono)
         return len(ops)
 

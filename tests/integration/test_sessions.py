@@ -397,3 +397,22 @@ async def test_a_key_of_another_type_does_not_stop_the_idle_sweep_or_the_worker(
 
 async def _log_has(worker: WorkerProcess, text: str) -> bool:
     return text in worker.log_text()
+
+
+async def test_the_stats_writer_rewrites_its_hash_when_it_holds_another_type(
+    worker: WorkerProcess,
+    publisher: EventPublisher,
+    redis_keys: RedisKeys,
+    settings: Settings,
+) -> None:
+    """stats:realtime:{day} is the leader's alone: rewritten as a list by someone else,
+    it comes back as the hash at the next change instead of a warning every tick."""
+    key = stats_key(today(settings))
+    await eventually(lambda: redis_keys.type(key), lambda t: t == "hash")
+    await redis_keys.delete(key)
+    await redis_keys.on(key).rpush(redis_keys.stored(key), "not ours")
+    await publisher.session_started(user(), speaker_id=1)  # the figures change
+    stats = await eventually(lambda: redis_keys.type(key), lambda t: t == "hash", timeout_s=20)
+    assert stats == "hash"
+    assert int((await redis_keys.hgetall(key))["active_sessions"]) >= 1
+    assert "held another type; deleted and written again" in worker.log_text()

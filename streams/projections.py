@@ -146,8 +146,12 @@ def project_stats(
     day: date, fields: dict[str, int | float], written_at: datetime, now: datetime
 ) -> RedisOp:
     """`stats:realtime:{day}`: the given fields, 24 h after the write that set them."""
-    text = {name: _number_text(value) for name, value in fields.items()}
-    return _hash(stats_key(day), text, expiry(written_at, STATS_TTL, now), now)
+    return _hash(stats_key(day), stats_text(fields), expiry(written_at, STATS_TTL, now), now)
+
+
+def stats_text(fields: dict[str, int | float]) -> dict[str, str]:
+    """The stats hash's fields as Redis holds them (floats to 6 significant digits)."""
+    return {name: _number_text(value) for name, value in fields.items()}
 
 
 def _number_text(value: int | float) -> str:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from schemas.keys import (
     ALERTS_TOPIC,
     DEAD_LETTER_TOPIC,
+    stats_key,
     topic_name,
 )
 from streams.database import pool_options
@@ -38,11 +40,15 @@ from streams.worker.watchdog import Watchdog
 from streams.write import deadletters
 from streams.write.handlers.base import Handler
 from streams.write.handlers.sessions import SessionHandler
-from streams.write.handlers.stats import StatsProjector
+from streams.write.handlers.stats import StatsProjector, overwritten
 from streams.write.pipeline import BatchPipeline
 from streams.write.registry import handlers
 
 log = logging.getLogger(__name__)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def open_pool(settings: Settings) -> asyncpg.Pool:
@@ -202,12 +208,25 @@ class Runtime:
         tries again, and nothing is remembered as written until Redis took it.
         """
         now, now_mono = datetime.now(UTC), time.monotonic()
+        shown = {day: await self._stats_shown(day) for day in self.stats.written}
+        self.stats.forget(overwritten(self.stats.written, shown))
         async with self.pool.acquire() as conn, conn.transaction():
             ops, written = await self.stats.due(conn, now, now_mono)
         if ops:  # the hash is ours alone: one of another type is rewritten
             await redis_sink.write_rewriting(self.targets, ops)
             self.stats.remember(written, now_mono)
         return len(ops)
+
+    async def _stats_shown(self, day: date) -> dict[str, str]:
+        """The fields `stats:realtime:{day}` holds now; {} when gone or of another type."""
+        key = stats_key(day)
+        try:
+            raw = await self.targets.master_for(key).hgetall(self.targets.key(key))
+        except ResponseError as exc:
+            if redis_sink.is_wrong_type(exc):
+                return {}
+            raise
+        return {_text(name): _text(value) for name, value in raw.items()}
 
     async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Kafka's end offsets of `partitions`, from a client outside the consumer group."""

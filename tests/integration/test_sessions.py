@@ -416,3 +416,29 @@ async def test_the_stats_writer_rewrites_its_hash_when_it_holds_another_type(
     assert stats == "hash"
     assert int((await redis_keys.hgetall(key))["active_sessions"]) >= 1
     assert "held another type; deleted and written again" in worker.log_text()
+
+
+async def test_the_stats_writer_rewrites_a_hash_someone_else_wrote_since(
+    worker: WorkerProcess,
+    redis_keys: RedisKeys,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    """A stale figure written over the leader's (a replay or the automatic rebuild that
+    read PostgreSQL before the last change and wrote after it) is put right at the
+    writer's next tick, not after STATS_REFRESH_S (60 s), though no figure changed."""
+    key = stats_key(today(settings))
+    shown = await eventually(
+        lambda: redis_keys.hgetall(key),
+        lambda s: s.get("active_sessions") is not None,
+    )
+    open_now = int(shown["active_sessions"])
+    await redis_keys.on(key).hset(redis_keys.stored(key), "active_sessions", str(open_now + 900))
+    stats = await eventually(
+        lambda: redis_keys.hgetall(key),
+        lambda s: int(s["active_sessions"]) < open_now + 900,
+        timeout_s=10,
+    )
+    assert int(stats["active_sessions"]) == await open_sessions(pool)
+    await redis_keys.delete(key)  # gone (a FLUSHALL, a DEL): back at the next tick too
+    await eventually(lambda: redis_keys.exists(key), lambda n: n == 1, timeout_s=10)

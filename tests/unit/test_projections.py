@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -17,7 +18,7 @@ from streams.projections import (
     project_user,
     project_voice,
 )
-from streams.write.handlers.stats import Written, days_to_write
+from streams.write.handlers.stats import StatsProjector, Written, days_to_write, overwritten
 
 T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -108,6 +109,37 @@ def test_stats_days_written_on_change_or_when_due_a_refresh() -> None:
     assert days_to_write(current, written, now_mono=110.0, refresh_s=60.0) == [d2, d3]
     assert days_to_write(current, written, now_mono=160.0, refresh_s=60.0) == [d1, d2, d3]
     assert days_to_write({}, written, now_mono=500.0, refresh_s=60.0) == []
+
+
+WRITTEN = Written({"active_sessions": 55, "system_load": 55 / 30}, at=100.0)
+"""What the writer last wrote for a day; Redis holds it as `WRITTEN_TEXT`."""
+WRITTEN_TEXT = {"active_sessions": "55", "system_load": "1.83333"}
+
+
+@pytest.mark.parametrize(
+    ("shown", "overwritten_since"),
+    [
+        (WRITTEN_TEXT, False),  # Redis holds our write
+        ({**WRITTEN_TEXT, "active_sessions": "56"}, True),  # a replay's older figure
+        ({**WRITTEN_TEXT, "system_load": "1.86667"}, True),
+        ({"active_sessions": "55"}, True),  # a field gone
+        ({**WRITTEN_TEXT, "extra": "1"}, True),  # a field nobody writes
+        ({}, True),  # the key gone (FLUSHALL, DEL) or of another type
+        (None, True),  # not read at all
+    ],
+)
+def test_a_stats_hash_someone_else_wrote_since_is_written_again(
+    shown: dict[str, str] | None, overwritten_since: bool
+) -> None:
+    day = date(2026, 11, 27)
+    shown_by_day = {} if shown is None else {day: shown}
+    assert overwritten({day: WRITTEN}, shown_by_day) == ([day] if overwritten_since else [])
+    projector = StatsProjector(tz=ZoneInfo("UTC"), capacity=30)
+    projector.remember({day: WRITTEN}, now_mono=100.0)
+    projector.forget(overwritten(projector.written, shown_by_day))
+    current = {day: dict(WRITTEN.fields)}  # the figures did not change since our write
+    expected = [day] if overwritten_since else []
+    assert days_to_write(current, projector.written, now_mono=101.0, refresh_s=60.0) == expected
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,11 @@ writes in the opposite order and leave a hash without the other's counts,
 and batches no longer queue on the `daily_stats_writes` row.
 
 A day's hash is rewritten when a field changed (the gauges active_sessions
-and system_load of today included) or `refresh_s` after its last write, so a
-hash someone else overwrote heals by itself; its TTL runs 24 h from the last
-write (`daily_stats_writes`), which replay reads too.
+and system_load of today included), when Redis no longer holds what this
+process last wrote there (`overwritten`: a replay or the automatic rebuild
+that read PostgreSQL before the last change and wrote after it, a FLUSHALL,
+a hand), or `refresh_s` after its last write; its TTL runs 24 h from the
+last write (`daily_stats_writes`), which replay reads too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from schemas.keys import SESSION_TTL, business_day
-from streams.projections import RedisOp, figures_of_days, project_stats, stats_fields
+from streams.projections import (
+    RedisOp,
+    figures_of_days,
+    project_stats,
+    stats_fields,
+    stats_text,
+)
 from streams.store.base import Tx
 from streams.store.postgres import Connection
 from streams.store.postgres_store import as_tx
@@ -53,6 +61,17 @@ def days_to_write(
     )
 
 
+def overwritten(written: dict[date, Written], shown: dict[date, dict[str, str]]) -> list[date]:
+    """Days whose hash in Redis (`shown`: its fields, {} when the key is gone or of
+    another type) is no longer what this process last wrote there; pure.
+
+    Without this a stale write by someone else (a replay that read PostgreSQL
+    before the last change and wrote after it) would stand until `refresh_s`,
+    since the figures themselves did not change since our write.
+    """
+    return sorted(day for day, last in written.items() if shown.get(day) != stats_text(last.fields))
+
+
 class StatsProjector:
     """The stats writer of one worker process (only the leader's runs)."""
 
@@ -61,8 +80,8 @@ class StatsProjector:
         self.capacity = capacity
         self.refresh_s = refresh_s
         self.written: dict[date, Written] = {}
-        """What this process last wrote (empty at start). A hash written since by
-        someone else (a replay, an earlier leader) is healed within `refresh_s`."""
+        """What this process last wrote (empty at start); checked against Redis
+        before each look (`overwritten`)."""
 
     async def due(
         self, tx: Tx | Connection, now: datetime, now_mono: float
@@ -84,6 +103,11 @@ class StatsProjector:
         stamped = await tx.touch_stats_days(due)
         ops = [project_stats(day, current[day], stamped[day], now) for day in due]
         return ops, {day: Written(current[day], now_mono) for day in due}
+
+    def forget(self, days: list[date]) -> None:
+        """Write these days again at the next look (`overwritten`)."""
+        for day in days:
+            self.written.pop(day, None)
 
     def remember(self, written: dict[date, Written], now_mono: float) -> None:
         """Record writes Redis has taken; drop days not written for a long time

@@ -40,10 +40,14 @@ USER_ID_PATTERN: Final = r"^[A-Za-z0-9_.@-]{1,128}$"
 """SPEC §3. Also used for scenario ids: anything that ends up in a key."""
 
 RFC3339_PATTERN: Final = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    r"^(?:19[7-9][0-9]|2[0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-"""What an occurred_at must look like (ASCII digits); the published schemas carry it too."""
+"""What an occurred_at must look like (ASCII digits, each field in its range, years
+1970-2999); the published schemas carry it too, so a JSON Schema validator refuses
+hour 24, a leap second `:60` or the year 0001, which the `date-time` format allows
+(RFC 3339 §5.6) and Python's parser does not. Group 1 is the fraction."""
 UUID_PATTERN: Final = (
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
@@ -107,7 +111,10 @@ def parse_rfc3339(value: object) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp string")
     shape = _RFC3339.match(value)
     if shape is None:
-        raise ValueError("must be RFC 3339 with an offset, e.g. 2025-01-30T10:30:00Z")
+        raise ValueError(
+            "must be RFC 3339 with an offset, each field in range and the year in"
+            " 1970-2999, e.g. 2025-01-30T10:30:00Z"
+        )
     text = value
     fraction = shape.group(1)
     if fraction is not None and len(fraction) > 7:  # Python keeps microseconds: cut the rest.
@@ -274,8 +281,20 @@ class AiFailed(SessionScoped):
     latency_ms: LatencyMs = Field(description=_LATENCY_MS)
 
 
+def _voice_schema(schema: dict[str, Any]) -> None:
+    """`_wire_schema`, and a miss (cache_hit false or absent) needs audio: JSON Schema's
+    `if`/`then` (2020-12 §10.2.2; `properties` holds when cache_hit is absent)."""
+    _wire_schema(schema)
+    schema["if"] = {"properties": {"cache_hit": {"const": False}}}
+    schema["then"] = {"properties": {"audio": {"minLength": 1}}}
+
+
 class VoiceSynthesized(SessionScoped):
     """Speech was synthesized for a text, from the roleplay service's cache (a hit) or not."""
+
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, strict=True, json_schema_extra=_voice_schema
+    )
 
     type: Literal["voice.synthesized"] = "voice.synthesized"
     speaker_id: SpeakerId = Field(description=_SPEAKER_ID)

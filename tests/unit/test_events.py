@@ -121,7 +121,31 @@ BAD: list[tuple[str, Any, RejectReason, str]] = [
         "year 9999",
         event(type="user.login", occurred_at="9999-12-31T23:50:00Z"),
         RejectReason.INVALID_FIELDS,
-        "between",
+        "1970",
+    ),
+    (
+        "hour 24",
+        event(type="user.login", occurred_at="2025-01-30T24:00:00Z"),
+        RejectReason.INVALID_FIELDS,
+        "each field in range",
+    ),
+    (
+        "leap second",
+        event(type="user.login", occurred_at="2016-12-31T23:59:60Z"),
+        RejectReason.INVALID_FIELDS,
+        "each field in range",
+    ),
+    (
+        "month 13",
+        event(type="user.login", occurred_at="2025-13-01T10:30:00Z"),
+        RejectReason.INVALID_FIELDS,
+        "each field in range",
+    ),
+    (
+        "offset of 24 h",
+        event(type="user.login", occurred_at="2025-01-30T10:30:00+24:00"),
+        RejectReason.INVALID_FIELDS,
+        "each field in range",
     ),
     (
         "year 0001 at +14:00",

@@ -199,6 +199,11 @@ def test_schema_accepts_what_the_worker_accepts(changes: dict[str, Any]) -> None
         {"audio": "UklG\nRg=="},
         {"text": None},
         {"cache_hit": "false"},
+        {"audio": ""},  # a miss (cache_hit defaults to false) with no audio
+        {"audio": "", "cache_hit": False},
+        {"occurred_at": "2025-01-30T24:00:00Z"},  # the date-time format allows these
+        {"occurred_at": "2016-12-31T23:59:60Z"},
+        {"occurred_at": "0001-01-01T00:00:00Z"},
     ],
 )
 def test_schema_rejects_what_the_worker_dead_letters(changes: dict[str, Any]) -> None:
@@ -233,8 +238,11 @@ def test_audio_schema_says_base64() -> None:
              "QUJDQQ===", "=", "QUJD=QQ==", "QQ==QUJD", "QUJDQQ=="],
 )  # fmt: skip
 def test_audio_pattern_is_the_decoder_rule(text: str) -> None:
-    """The schema's base64 pattern accepts exactly what `a2b_base64(strict_mode=True)` does."""
-    schema_ok = validator(event_file("voice.synthesized")).is_valid(good(audio=text))
+    """The schema's base64 pattern accepts exactly what `a2b_base64(strict_mode=True)` does
+    (on a hit, which may send empty audio)."""
+    schema_ok = validator(event_file("voice.synthesized")).is_valid(
+        good(audio=text, cache_hit=True)
+    )
     assert schema_ok == _decodes(text)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections import Counter
 from datetime import datetime
@@ -71,6 +72,10 @@ def worker(
                 settings.worker_web_port,
             )
         )
+    from streams.worker.supervisor import SUPERVISOR_PID_ENV, watch_parent
+
+    if parent := os.environ.get(SUPERVISOR_PID_ENV):  # a child of `--processes`
+        watch_parent(int(parent))  # stops when the supervisor is gone
     if settings.worker_loop == "uvloop":
         import mode.loop
 

@@ -13,7 +13,11 @@ for whoever supervises it (systemd, Docker, a shell):
   stopped cleanly;
 - when one child exits by itself (a crash, the watchdog's exit 75), the
   others are stopped and its exit code is returned, so the outer supervisor
-  restarts the whole worker rather than running on with fewer consumers.
+  restarts the whole worker rather than running on with fewer consumers;
+- when this process dies without passing anything on (SIGKILL, the OOM
+  killer), each child notices within `PARENT_POLL_S` (`watch_parent`) and
+  stops cleanly: orphans would keep consuming unsupervised, keep `rpcache
+  check` green and hold the web ports, so the restart would fail.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 60.0
 """How long children get to stop cleanly before they are killed."""
+SUPERVISOR_PID_ENV = "RPCACHE_SUPERVISOR_PID"
+"""Set in each child's environment: the pid `watch_parent` expects as its parent."""
+PARENT_POLL_S = 1.0
+"""How often a child looks whether its supervisor still lives (seconds)."""
 
 
 def child_env(base: Mapping[str, str], index: int, worker_id: str, web_port: int) -> dict[str, str]:
@@ -42,7 +51,27 @@ def child_env(base: Mapping[str, str], index: int, worker_id: str, web_port: int
         "WORKER_ID": child_worker_id(worker_id, index),
         "WORKER_WEB_PORT": str(web_port + index),
         "WORKER_PROCESSES": "1",
+        SUPERVISOR_PID_ENV: str(os.getpid()),
     }
+
+
+def watch_parent(supervisor_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """In a child: SIGTERM ourselves (a clean stop, as the supervisor would ask for)
+    once our parent is no longer `supervisor_pid` (it died and we were re-parented).
+
+    A daemon thread polling `os.getppid()`: portable, and the signal lands in the
+    main thread, where Faust's handler stops the worker.
+    """
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(poll_s)
+        log.warning("the supervisor (pid %d) is gone; stopping this worker process", supervisor_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="watch-supervisor", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_processes(

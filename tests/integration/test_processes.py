@@ -125,11 +125,31 @@ async def test_two_processes_share_partitions_and_stop_as_one(test_env: dict[str
         with pytest.raises(ProcessLookupError):
             os.kill(pids[1], 0)  # the other child was stopped too
 
+        # Started again, the supervisor itself killed (SIGKILL, the OOM killer): the
+        # children notice and stop cleanly instead of consuming on as orphans.
+        readies = run.worker.log_text().count(READY)
+        run.worker.start()
+        await wait_readies(run, 2, after=readies)
+        orphans = await live_pids(run, not_in=frozenset(pids))
+        run.worker.kill()
+
+        async def stopped() -> list[Heartbeat | None]:
+            async with run.pool.acquire() as conn:
+                return await beats_of(conn, run)
+
+        beats = await eventually(
+            stopped,
+            lambda bs: all(b is not None and b.stopped_at is not None for b in bs),
+            timeout_s=60,
+        )
+        assert sorted(b.pid for b in beats if b is not None) == sorted(orphans)
+        assert "the supervisor (pid" in run.worker.log_text()
+
         # Started again: SIGTERM stops every child cleanly, exit status 0.
         readies = run.worker.log_text().count(READY)
         run.worker.start()
         await wait_readies(run, 2, after=readies)
-        await live_pids(run, not_in=frozenset(pids))
+        await live_pids(run, not_in=frozenset(pids + orphans))
         assert run.worker.stop() == 0
         async with run.pool.acquire() as conn:
             beats = await beats_of(conn, run)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from streams.observe.check import CheckResult, judge_heartbeats
 from streams.observe.heartbeat import child_worker_ids
-from streams.worker.supervisor import child_env, exit_code
+from streams.worker.supervisor import SUPERVISOR_PID_ENV, child_env, exit_code
 
 
 def test_each_child_has_its_own_heartbeat_id_and_port() -> None:
@@ -14,6 +16,7 @@ def test_each_child_has_its_own_heartbeat_id_and_port() -> None:
     assert [e["WORKER_WEB_PORT"] for e in envs] == ["6066", "6067", "6068"]
     assert all(e["WORKER_PROCESSES"] == "1" and e["APP_ID"] == "rpcache" for e in envs)
     assert base["WORKER_ID"] == "host"  # the parent's environment is left alone
+    assert all(e[SUPERVISOR_PID_ENV] == str(os.getpid()) for e in envs)  # watch_parent's
 
 
 def test_check_reads_the_rows_the_children_write() -> None:

@@ -65,6 +65,15 @@ MAX_LATENCY_MS: Final = 86_400_000.0
 """Bound of latency_ms (24 h). SPEC §3 says only "number ≥ 0"; a latency longer than a
 day is a unit error (nanoseconds or microseconds sent as ms) and would swamp the day's
 avg_response_time, so it is dead-lettered as `out_of_range` (README, Decisions)."""
+MAX_JSON_DEPTH: Final = 128
+"""How deep a JSON object field (conversation_context, performance_stats,
+preferences) may nest: orjson parses 1 024 levels but it and pydantic write only
+~255, so a deeper one was accepted and then failed every write as
+processing_error after retries (README, Decisions)."""
+_NESTING_TYPES: Final = frozenset(
+    {"user.login", "session.started", "session.updated", "session.activity"}
+)
+"""The event types with JSON object fields; the others hold no nesting to check."""
 EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST: Final = datetime(2999, 12, 31, tzinfo=UTC)
 """Event times outside these are typos, and TTL arithmetic near year 9999 overflows."""
@@ -466,6 +475,16 @@ def decode_event(
         # against 3.9 for the six-byte search on the bench's voice messages (up to
         # 86 KB of base64, which has no backslash).
         return Rejection(RejectReason.NUL_CHARACTER, "strings may not contain U+0000", event_id)
+    if kind in _NESTING_TYPES and raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
+        # Only a message with that many brackets can nest that deep: two C scans of
+        # a small session message, the walk itself only then.
+        deep = _too_deep(event.model_dump(), MAX_JSON_DEPTH)
+        if deep is not None:
+            return Rejection(
+                RejectReason.INVALID_FIELDS,
+                f"{deep} nests deeper than {MAX_JSON_DEPTH} levels",
+                event.event_id,
+            )
     if (
         max_audio_bytes is not None
         and isinstance(event, VoiceSynthesized)
@@ -477,6 +496,20 @@ def decode_event(
             event.event_id,
         )
     return event
+
+
+def _too_deep(fields: dict[str, Any], limit: int) -> str | None:
+    """The first field whose value nests more than `limit` objects/arrays deep."""
+    for name, value in fields.items():
+        stack: list[tuple[object, int]] = [(value, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict | list):
+                if depth > limit:
+                    return name
+                children = node.values() if isinstance(node, dict) else node
+                stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _contains_nul(value: object) -> bool:

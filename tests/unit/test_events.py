@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from schemas.events import (
+    MAX_JSON_DEPTH,
     AiResponse,
     Rejection,
     RejectReason,
@@ -466,3 +467,36 @@ def test_a_hit_may_send_its_audio_empty() -> None:
     assert isinstance(
         decode_event(raw, topic="synthesis-events", max_bytes=10**6), VoiceSynthesized
     )
+
+
+def nested(depth: int) -> str:
+    """A JSON object `depth` levels deep: {"a":{"a":…1…}}."""
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize(
+    ("field", "depth", "accepted"),
+    [
+        ("conversation_context", 1, True),
+        ("conversation_context", MAX_JSON_DEPTH, True),
+        ("conversation_context", MAX_JSON_DEPTH + 1, False),
+        ("conversation_context", 300, False),  # orjson parses it, nobody could write it
+        ("conversation_context", 1020, False),
+        ("performance_stats", 600, False),
+    ],
+)
+def test_json_fields_nest_at_most_max_depth(field: str, depth: int, accepted: bool) -> None:
+    """Deeper than MAX_JSON_DEPTH is refused at validation, with a reason and no retry;
+    anything accepted can be written to the event log and to Redis."""
+    kind = "session.started" if field == "conversation_context" else "session.updated"
+    head = orjson.dumps(event(type=kind, speaker_id=1))[:-1]
+    raw = head + f',"{field}":{nested(depth)}}}'.encode()
+    result = decode_event(raw, topic=None, max_bytes=1 << 20)
+    if accepted:
+        assert not isinstance(result, Rejection), result
+        assert orjson.loads(result.stored_json())[field] == orjson.loads(nested(depth))
+        orjson.dumps(getattr(result, field))  # what the Redis projection writes
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason is RejectReason.INVALID_FIELDS
+        assert f"{field} nests deeper than {MAX_JSON_DEPTH} levels" in result.detail

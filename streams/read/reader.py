@@ -188,7 +188,7 @@ from typing import Any, Self, TypeVar
 import asyncpg
 from redis.asyncio import Redis
 
-from schemas.events import USER_ID_PATTERN
+from schemas.events import MAX_INT32, USER_ID_PATTERN
 from schemas.hashing import H
 from schemas.keys import (
     ai_response_key_for_hash,
@@ -409,6 +409,8 @@ def _user_id(value: str) -> str:
 
 
 def _speaker_id(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"speaker_id must be an int ≥ 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT32:
+        # The events' own bound (schemas.events): no clip can have another id, and
+        # PostgreSQL's integer column would refuse the query as if it were down.
+        raise ValueError(f"speaker_id must be an int in 0..{MAX_INT32}, got {value!r}")
     return value

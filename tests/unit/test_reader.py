@@ -281,7 +281,7 @@ async def test_ids_are_validated_before_any_io() -> None:
         await reader.get_voice(-1, "text")
     with pytest.raises(ValueError):
         await reader.get_voice(True, "text")
-    with pytest.raises(ValueError, match="0..2147483647"):  # not an outage of PostgreSQL
+    with pytest.raises(ValueError, match=r"0\.\.2147483647"):  # not an outage of PostgreSQL
         await reader.get_voice(2**40, "text")
     assert redis.calls == 0
 

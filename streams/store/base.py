@@ -128,6 +128,12 @@ class Tx(Protocol):
         """payload_sha of the stored events among `event_ids`."""
         ...
 
+    async def same_stored_payloads(self, payloads: Sequence[tuple[str, bytes]]) -> set[int]:
+        """The positions in `payloads` (event_id, payload JSON) whose stored payload is
+        the same JSON value (object keys in any order, 1 and 1.0 alike: jsonb equality);
+        by position, since one batch may repeat an event_id with different payloads."""
+        ...
+
     # dead letters and their outbox
     async def insert_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
         """Keep each row once per (topic, partition, offset, reason)."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
+import orjson
+
 from streams.model import (
     OPEN_STATUSES,
     AiEntry,
@@ -159,6 +161,14 @@ class MemoryTx:
     async def stored_payload_shas(self, event_ids: Iterable[str]) -> dict[str, bytes]:
         events = self._t().events
         return {i: payload_sha(events[i].payload) for i in set(event_ids) if i in events}
+
+    async def same_stored_payloads(self, payloads: Sequence[tuple[str, bytes]]) -> set[int]:
+        events = self._t().events
+        return {
+            n
+            for n, (i, p) in enumerate(payloads)
+            if i in events and _same_json(orjson.loads(events[i].payload), orjson.loads(p))
+        }
 
     # dead letters and their outbox
     async def insert_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
@@ -391,3 +401,16 @@ def _counted(row: _Row, entry: AiEntry | VoiceEntry) -> _Row:
 def _implements(store: MemoryStore, tx: MemoryTx) -> tuple[Store, Tx]:
     """mypy checks here that both keep the contract (never called)."""
     return store, tx
+
+
+def _same_json(a: object, b: object) -> bool:
+    """jsonb's equality: object keys in any order, 1 == 1.0, but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b

@@ -72,6 +72,26 @@ async def stored_payload_shas(conn: Connection, event_ids: Iterable[str]) -> dic
     return {r[0]: r[1] for r in rows}
 
 
+async def same_stored_payloads(conn: Connection, payloads: Sequence[tuple[str, bytes]]) -> set[int]:
+    """Positions in `payloads` whose stored payload equals the given JSON as jsonb:
+    object keys in any order and 1 / 1.0 / 1.00 alike, as a producer's re-serialising
+    retry may write them. Asked only for the rare redelivery whose bytes differ
+    (`stored_payload_shas`)."""
+    if not payloads:
+        return set()
+    rows = await conn.fetch(
+        """
+        SELECT g.n - 1
+        FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS g(event_id, payload, n)
+        JOIN events e ON e.event_id = g.event_id
+        WHERE e.payload = g.payload::jsonb
+        """,
+        [i for i, _ in payloads],
+        [p.decode() for _, p in payloads],
+    )
+    return {int(r[0]) for r in rows}
+
+
 # --- dead letters ---------------------------------------------------------------
 async def insert_dead_letters(conn: Connection, rows: Sequence[DeadLetterRow]) -> None:
     if not rows:

@@ -70,6 +70,11 @@ class PostgresTx:
     ) -> Coroutine[Any, Any, dict[str, bytes]]:
         return pg.stored_payload_shas(self.conn, event_ids)
 
+    def same_stored_payloads(
+        self, payloads: Sequence[tuple[str, bytes]]
+    ) -> Coroutine[Any, Any, set[int]]:
+        return pg.same_stored_payloads(self.conn, payloads)
+
     # dead letters and their outbox
     def insert_dead_letters(self, rows: Sequence[DeadLetterRow]) -> Coroutine[Any, Any, None]:
         return pg.insert_dead_letters(self.conn, rows)

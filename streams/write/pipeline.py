@@ -329,6 +329,14 @@ class BatchPipeline:
         if not seen:
             return []
         shas = await tx.stored_payload_shas({s.event.event_id for s in seen})
+        differ = [
+            s
+            for s in seen
+            if shas.get(s.event.event_id, payload_sha(s.payload)) != payload_sha(s.payload)
+        ]
+        if differ:  # other bytes may still be the same JSON (nested key order, 1 vs 1.0)
+            same = await tx.same_stored_payloads([(s.event.event_id, s.payload) for s in differ])
+            differ = [s for n, s in enumerate(differ) if n not in same]
         return [
             self._row_for(
                 s,
@@ -338,8 +346,7 @@ class BatchPipeline:
                     s.event.event_id,
                 ),
             )
-            for s in seen
-            if shas.get(s.event.event_id, payload_sha(s.payload)) != payload_sha(s.payload)
+            for s in differ
         ]
 
     async def _project(self, ops: list[RedisOp], count_retry: Callable[[], None]) -> None:

@@ -244,6 +244,39 @@ async def test_duplicate_event_id_with_other_content_is_a_conflict(
     assert orjson.loads(stored)["preferences"] == {"v": 1}  # the first one wins
 
 
+async def test_a_retry_written_out_differently_is_not_a_conflict(
+    worker: WorkerProcess, publisher: EventPublisher, pool: asyncpg.Pool
+) -> None:
+    """The same event re-serialised by a producer's retry (nested keys in another order,
+    1 as 1.0) is a redelivery, asked of PostgreSQL's jsonb; a changed value stays a
+    conflict."""
+    u, eid, sid = user(), str(uuid.uuid4()), str(uuid.uuid4())
+    at = datetime.now(UTC)
+    contexts: list[dict[str, Any]] = [
+        {"a": 1, "b": {"x": 1.5, "y": [1, 2]}},  # the first one
+        {"b": {"y": [1, 2], "x": 1.5}, "a": 1},  # keys in another order
+        {"a": 1.0, "b": {"x": 1.5, "y": [1.0, 2]}},  # 1 written as 1.0
+        {"a": 2, "b": {"x": 1.5, "y": [1, 2]}},  # a changed value
+    ]
+    for context in contexts:
+        await publisher.session_started(
+            u,
+            speaker_id=1,
+            session_id=sid,
+            event_id=eid,
+            occurred_at=at,
+            conversation_context=context,
+        )
+    marker = await publisher.session_activity(u, sid)  # lands after all four
+    await eventually(lambda: stored_count(pool, [marker]), lambda n: n == 1)
+    rows = await eventually(
+        lambda: pool.fetch("SELECT reason, detail FROM dead_letters WHERE event_id = $1", eid),
+        lambda rs: len(rs) > 0,
+        timeout_s=10,
+    )
+    assert [r["reason"] for r in rows] == ["duplicate_event_conflict"]  # the changed one only
+
+
 def _bad_inputs(settings: Settings) -> list[tuple[str, bytes]]:
     sid = str(uuid.uuid4())
 

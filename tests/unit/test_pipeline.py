@@ -332,6 +332,53 @@ async def test_a_duplicate_within_one_batch_counts_once() -> None:
     assert run.tables.day_counters == {(DAY, "sessions_started"): 1}
 
 
+RESENT = [  # (the context as a retry wrote it again, is it a conflict?)
+    ('{"b":{"y":[1,2],"x":1.5},"a":1}', False),  # nested keys in another order
+    ('{"a":1.0,"b":{"x":1.50,"y":[1.0,2]}}', False),  # the same numbers written otherwise
+    ('{"a":2,"b":{"x":1.5,"y":[1,2]}}', True),  # a value changed
+    ('{"a":true,"b":{"x":1.5,"y":[1,2]}}', True),  # 1 is not true in JSON
+    ('{"a":1,"b":{"x":1.5,"y":[2,1]}}', True),  # arrays keep their order
+]
+
+
+@pytest.mark.parametrize(("context", "conflict"), RESENT)
+@pytest.mark.parametrize("where", ["a later batch", "the same batch"])
+async def test_a_retry_written_out_otherwise_is_a_redelivery(
+    context: str, conflict: bool, where: str
+) -> None:
+    run = Run(sessions())
+    first = orjson.dumps(started(new_id()))[:-1]
+    sent = first + b',"conversation_context":{"a":1,"b":{"x":1.5,"y":[1,2]}}}'
+    again = first + b',"conversation_context":' + context.encode() + b"}"
+    if where == "a later batch":
+        await run.process(msg(0, sent))
+        outcome = await run.process(msg(1, again))
+    else:
+        outcome = await run.process(msg(0, sent), msg(1, again))
+    assert outcome.reasons == ([RejectReason.DUPLICATE_EVENT_CONFLICT] if conflict else [])
+
+
+@pytest.mark.parametrize("batches", [(3,), (1, 2), (2, 1), (1, 1, 1)])
+async def test_a_redelivery_beside_a_conflict_of_the_same_event_id(
+    batches: tuple[int, ...],
+) -> None:
+    """Told apart message by message, not by event_id: 1 then 1.0 (the same) then 2."""
+    run = Run(sessions())
+    head = orjson.dumps(started(new_id()))[:-1]
+    contexts = (b'{"a":1}', b'{"a":1.0}', b'{"a":2}')
+    messages = [
+        msg(i, head + b',"conversation_context":' + c + b"}") for i, c in enumerate(contexts)
+    ]
+    reasons: list[RejectReason] = []
+    start = 0
+    for size in batches:
+        reasons += (await run.process(*messages[start : start + size])).reasons
+        start += size
+    assert reasons == [RejectReason.DUPLICATE_EVENT_CONFLICT]
+    [row] = run.tables.dead_letters.values()
+    assert row.kafka_offset == 2
+
+
 @pytest.mark.parametrize("where", ["a later batch", "the same batch"])
 async def test_the_same_event_id_with_other_content_is_a_conflict(where: str) -> None:
     run = Run(sessions())

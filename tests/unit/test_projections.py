@@ -18,7 +18,13 @@ from streams.projections import (
     project_user,
     project_voice,
 )
-from streams.write.handlers.stats import StatsProjector, Written, days_to_write, overwritten
+from streams.write.handlers.stats import (
+    StatsProjector,
+    Written,
+    days_to_write,
+    overwritten,
+    recent_days,
+)
 
 T0 = datetime(2025, 1, 30, 10, 0, tzinfo=UTC)
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -179,3 +185,17 @@ def test_future_user_and_cache_keys_are_capped() -> None:
     assert project_voice(CachedVoiceClip(1, "h", "QUJD", ahead), T0).expire_at_ms == epoch_ms(  # type: ignore[union-attr]
         T0 + timedelta(hours=24)
     )
+
+
+@pytest.mark.parametrize(
+    ("day", "written"),
+    [
+        (date(2026, 12, 6), True),  # today
+        (date(2026, 12, 5), True),  # yesterday: its late events still move it
+        (date(2026, 12, 4), False),
+        (date(1970, 1, 1), False),  # a backlog's oldest event does not recreate its day
+        (date(2026, 12, 7), False),  # tomorrow (the skew tolerance) waits for its day
+    ],
+)
+def test_only_today_and_yesterday_have_their_stats_hash_written(day: date, written: bool) -> None:
+    assert recent_days({day}, date(2026, 12, 6)) == ({day} if written else set())

@@ -34,6 +34,10 @@ from streams.store.base import Tx
 from streams.store.postgres import Connection
 from streams.store.postgres_store import as_tx
 
+OLDEST_DAY = timedelta(days=1)
+"""Days before today whose hash is still written: yesterday's late events move it,
+an older day's do not recreate it (it would live 24 h more for a day nobody reads
+as realtime; PostgreSQL's daily_counters still count them)."""
 LOOKBACK = timedelta(minutes=5)
 """How far before a look counters are searched for changes: a batch transaction
 stamps `updated_at` when it starts and may commit seconds later (retries)."""
@@ -46,6 +50,12 @@ class Written:
     fields: Fields
     at: float
     """time.monotonic() of the write."""
+
+
+def recent_days(days: set[date], today: date) -> set[date]:
+    """The days whose hash is written: today and up to `OLDEST_DAY` before; pure.
+    A backlog event from 1970 must not bring `stats:realtime:1970-01-01` back."""
+    return {day for day in days if today - OLDEST_DAY <= day <= today}
 
 
 def days_to_write(
@@ -92,7 +102,7 @@ class StatsProjector:
         """
         tx = as_tx(tx)
         today = business_day(now, self.tz)
-        days = {today} | await tx.days_changed_since(now - LOOKBACK)
+        days = recent_days({today} | await tx.days_changed_since(now - LOOKBACK), today)
         counters = await tx.day_counters(days)
         active = await tx.count_open_sessions(now, SESSION_TTL.total_seconds())
         figures = figures_of_days(counters, today, active, self.capacity)

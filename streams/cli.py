@@ -120,19 +120,23 @@ def replay(
         "all",
         "--family",
         "-f",
-        help="Comma-separated key families (SPEC §8): sessions,ai,voice (or all).",
+        help="Comma-separated key families (SPEC §8): sessions,ai,voice (or all)."
+        " With --kind too: the kinds of either.",
     ),
     kind: str | None = typer.Option(
         None,
         "--kind",
         "-k",
-        help="Comma-separated kinds of keys: stats,sessions,users,metrics,ai,voice.",
+        help="Comma-separated kinds of keys: stats,sessions,users,metrics,ai,voice."
+        " With --family too: the kinds of either.",
     ),
     since: str | None = typer.Option(
         None, help="Only entries active since this RFC 3339 time, e.g. 2025-01-30T09:00:00Z."
     ),
     rate: str | None = typer.Option(
-        None, help="Keys per second, e.g. 500/s, for a gradual rebuild (default: unlimited)."
+        None,
+        help="Keys per second, minute or hour (500/s, 30/m, 2/h) for a gradual rebuild"
+        " (default: unlimited).",
     ),
 ) -> None:
     """Rebuild Redis keys from PostgreSQL (the source of truth).

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
 import asyncpg
 from aiolimiter import AsyncLimiter
@@ -62,16 +63,16 @@ def parse_kinds(families: str | None, kinds: str | None = None) -> list[str]:
     both given → the kinds in either. Raises ValueError naming what is unknown.
     """
     wanted: set[str] = set()
-    if families and families != "all":
-        chosen = _names(families)
+    if families is not None and families != "all":
+        chosen = _names(families, "--family")
         if unknown := chosen - set(KEY_FAMILIES):
             raise ValueError(
                 f"unknown families {sorted(unknown)}; choose from {', '.join(KEY_FAMILIES)}"
                 + _kind_hint(unknown)
             )
         wanted |= {k for f in KEY_FAMILIES if f in chosen for k in REPLAY_KINDS[f]}
-    if kinds and kinds != "all":
-        chosen = _names(kinds)
+    if kinds is not None and kinds != "all":
+        chosen = _names(kinds, "--kind")
         if unknown := chosen - set(KEY_KINDS):
             raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {', '.join(KEY_KINDS)}")
         wanted |= chosen
@@ -80,8 +81,11 @@ def parse_kinds(families: str | None, kinds: str | None = None) -> list[str]:
     return [k for k in KEY_KINDS if k in wanted]
 
 
-def _names(text: str) -> set[str]:
-    return {name.strip() for name in text.split(",") if name.strip()}
+def _names(text: str, option: str) -> set[str]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    if not names:  # "," or "" would otherwise fall back to every kind
+        raise ValueError(f"{option} {text!r} names nothing; leave it out for all")
+    return names
 
 
 def _kind_hint(unknown: set[str]) -> str:
@@ -90,13 +94,23 @@ def _kind_hint(unknown: set[str]) -> str:
     return f" ({', '.join(moved)}: a kind of key, use --kind)" if moved else ""
 
 
+RATE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
+"""The per-unit forms `--rate` takes: keys per second, minute or hour."""
+
+
 def parse_rate(text: str | None) -> float | None:
-    """`500/s` or `500` → 500.0 keys per second; None → unlimited."""
+    """`500/s` or `500` → 500.0 keys per second, `30/m` → 0.5, `2/h`; None → unlimited.
+
+    Raises ValueError for any other form or a rate that is not positive."""
     if not text:
         return None
-    value = float(text.removesuffix("/s"))
-    if value <= 0:
-        raise ValueError("rate must be positive")
+    number, slash, unit = text.strip().partition("/")
+    try:
+        value = float(number) / RATE_UNITS[unit if slash else "s"]
+    except (ValueError, KeyError):
+        raise ValueError(f"rate {text!r}: write it as 500/s, 30/m or 2/h") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"rate {text!r} must be a positive number of keys")
     return value
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streams.read.recompute import KEY_KINDS
-from streams.read.replay import parse_kinds
+from streams.read.replay import parse_kinds, parse_rate
 
 ALL = list(KEY_KINDS)
 
@@ -39,6 +39,9 @@ def test_selection_names_kinds_in_replay_order(
         ("users", None, "users: a kind of key, use --kind"),
         ("metrics,stats", None, "metrics, stats: a kind of key, use --kind"),
         (None, "clips", "unknown kinds ['clips']"),
+        (",", None, "--family ',' names nothing"),  # not "every kind"
+        (None, " , ", "--kind ' , ' names nothing"),
+        ("", None, "--family '' names nothing"),
     ],
 )
 def test_unknown_names_are_refused_with_what_to_use(
@@ -46,3 +49,17 @@ def test_unknown_names_are_refused_with_what_to_use(
 ) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_kinds(families, kinds)
+
+
+@pytest.mark.parametrize(
+    ("text", "per_s"),
+    [(None, None), ("", None), ("500", 500.0), ("500/s", 500.0), ("30/m", 0.5), ("36/h", 0.01)],
+)
+def test_rates_per_second_minute_or_hour(text: str | None, per_s: float | None) -> None:
+    assert parse_rate(text) == per_s
+
+
+@pytest.mark.parametrize("text", ["10/d", "fast", "0/s", "-5", "nan", "inf/s", "10/"])
+def test_other_rates_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)

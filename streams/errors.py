@@ -98,7 +98,8 @@ RULES: tuple[Rule, ...] = (
     Rule(redis_errors.OutOfMemoryError, WAIT, "OOM: at maxmemory under noeviction"),
     Rule(redis_errors.AuthenticationError, WAIT, "NOAUTH / WRONGPASS: credentials refused"),
     Rule(redis_errors.NoPermissionError, WAIT, "NOPERM: the ACL user may not run the command"),
-    Rule(redis_errors.ConnectionError, WAIT, "unreachable, reset, or max number of clients reached (after LOADING and the auth errors, its subclasses)"),
+    # After LOADING and the auth errors above: redis-py makes them its subclasses.
+    Rule(redis_errors.ConnectionError, WAIT, "unreachable, reset, or max number of clients reached"),
     Rule(redis_errors.TimeoutError, WAIT, "no answer in time"),
     Rule(redis_errors.ResponseError, WAIT, "MISCONF: RDB snapshots fail, writes refused", prefix="MISCONF"),
     Rule(redis_errors.ResponseError, WAIT, "BUSY: a script or function is running", prefix="BUSY"),
@@ -110,7 +111,7 @@ RULES: tuple[Rule, ...] = (
     Rule(kafka_errors.KafkaError, WAIT, "Kafka marks the error retriable", when=lambda e: e.retriable),  # type: ignore[attr-defined]
     Rule(kafka_errors.KafkaError, DEAD_LETTER, "Kafka marks the error not retriable"),
     # --- the rest ---------------------------------------------------------------------
-    Rule(TimeoutError, WAIT, "a timeout of ours (before OSError, its base)"),
+    Rule(TimeoutError, WAIT, "a timeout of ours"),  # before OSError, its base class
     Rule(OSError, WAIT, "a socket or file error"),
     Rule(BaseException, DEAD_LETTER, "anything else is a fault of the batch itself"),
 )  # fmt: skip

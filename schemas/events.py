@@ -74,6 +74,8 @@ _NESTING_TYPES: Final = frozenset(
     {"user.login", "session.started", "session.updated", "session.activity"}
 )
 """The event types with JSON object fields; the others hold no nesting to check."""
+_OBJECT_FIELDS: Final = ("conversation_context", "performance_stats", "preferences")
+"""The JSON object fields of those types (unknown fields are dropped, not checked)."""
 EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST: Final = datetime(2999, 12, 31, tzinfo=UTC)
 """Event times outside these are typos, and TTL arithmetic near year 9999 overflows."""
@@ -478,7 +480,7 @@ def decode_event(
     if kind in _NESTING_TYPES and raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
         # Only a message with that many brackets can nest that deep: two C scans of
         # a small session message, the walk itself only then.
-        deep = _too_deep(event.model_dump(), MAX_JSON_DEPTH)
+        deep = _too_deep({k: obj[k] for k in _OBJECT_FIELDS if k in obj}, MAX_JSON_DEPTH)
         if deep is not None:
             return Rejection(
                 RejectReason.INVALID_FIELDS,

@@ -500,3 +500,14 @@ def test_json_fields_nest_at_most_max_depth(field: str, depth: int, accepted: bo
         assert isinstance(result, Rejection)
         assert result.reason is RejectReason.INVALID_FIELDS
         assert f"{field} nests deeper than {MAX_JSON_DEPTH} levels" in result.detail
+
+
+def test_many_shallow_objects_and_deep_unknown_fields_are_accepted() -> None:
+    """Depth, not the number of objects: a long history of turns is fine, and a field
+    the worker drops (unknown, SPEC §3) is not checked."""
+    head = orjson.dumps(event(type="session.started", speaker_id=1))[:-1]
+    turns = ",".join('{"role":"user","text":"hi"}' for _ in range(300))
+    raw = head + f',"conversation_context":{{"turns":[{turns}]}},"later":{nested(300)}}}'.encode()
+    result = decode_event(raw, topic=None, max_bytes=1 << 20)
+    assert isinstance(result, SessionStarted), result
+    assert len(result.conversation_context["turns"]) == 300

@@ -73,13 +73,21 @@ def days_to_write(
 
 def overwritten(written: dict[date, Written], shown: dict[date, dict[str, str]]) -> list[date]:
     """Days whose hash in Redis (`shown`: its fields, {} when the key is gone or of
-    another type) is no longer what this process last wrote there; pure.
+    another type) no longer holds what this process last wrote there; pure.
 
     Without this a stale write by someone else (a replay that read PostgreSQL
     before the last change and wrote after it) would stand until `refresh_s`,
-    since the figures themselves did not change since our write.
+    since the figures themselves did not change since our write. Only our
+    fields count: a write is an HSET, which would never remove a field someone
+    added, so comparing it too would rewrite the hash at every tick.
     """
-    return sorted(day for day, last in written.items() if shown.get(day) != stats_text(last.fields))
+    days = []
+    for day, last in written.items():
+        ours = stats_text(last.fields)
+        held = shown.get(day, {})
+        if {name: held.get(name) for name in ours} != ours:
+            days.append(day)
+    return sorted(days)
 
 
 class StatsProjector:
